@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.activations import ACT2FN
+
+from ..layer_base import LorettaLayerBase
+
+INPUT_SIDE, OUTPUT_SIDE = "input", "output"
+
+
+class LorettaAdpLayer(LorettaLayerBase):
+    """A base layer plus bottleneck adapters: h + scaling * up(dropout(act(down(h)))).
+
+    h is the layer's output (Houlsby placement) or, for input-side targets, its input.
+    """
+
+    adapter_layer_names = ("loretta_adp_down", "loretta_adp_up")
+    other_param_names = ("side", "scaling", "activation", "loretta_adp_dropout")
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, side: str, config):
+        super().__init__(base_layer)
+        self.loretta_adp_down = nn.ModuleDict()
+        self.loretta_adp_up = nn.ModuleDict()
+        self.loretta_adp_dropout = nn.ModuleDict()
+        self.side: dict[str, str] = {}
+        self.scaling: dict[str, float] = {}
+        self.activation: dict[str, str] = {}
+        self.update_layer(adapter_name, side, config)
+
+    def update_layer(self, adapter_name: str, side: str, config) -> None:
+        if side not in (INPUT_SIDE, OUTPUT_SIDE):
+            raise ValueError(f"adapter side {side!r} is not one of {[INPUT_SIDE, OUTPUT_SIDE]}")
+        dim = self.in_features if side == INPUT_SIDE else self.out_features
+        bottleneck = config.bottleneck_size
+        if config.tensorized:
+            down = self.make_tt(dim, bottleneck, config, bias=True, init="gaussian")
+            up = self.make_tt(bottleneck, dim, config, bias=True, init=config.init_method)
+        else:
+            down, up = self._dense_pair(dim, bottleneck, config.init_method)
+        self.loretta_adp_down[adapter_name] = down
+        self.loretta_adp_up[adapter_name] = up
+        self.loretta_adp_dropout[adapter_name] = (
+            nn.Dropout(config.adapter_dropout) if config.adapter_dropout > 0 else nn.Identity()
+        )
+        self.side[adapter_name] = side
+        self.scaling[adapter_name] = float(config.scaling)
+        self.activation[adapter_name] = config.non_linearity
+        self._finish_update(adapter_name)
+
+    def _dense_pair(self, dim: int, bottleneck: int, init: str) -> tuple[nn.Linear, nn.Linear]:
+        device = self._adapter_device()
+        down = nn.Linear(dim, bottleneck, device=device)
+        up = nn.Linear(bottleneck, dim, device=device)
+        if device.type != "meta":
+            with torch.no_grad():
+                nn.init.zeros_(down.bias)
+                nn.init.zeros_(up.bias)
+                if init == "identity":
+                    nn.init.zeros_(up.weight)
+                else:
+                    nn.init.normal_(up.weight, std=(1.0 / (dim + bottleneck)) ** 0.5)
+        return down, up
+
+    def _adapter(self, name: str, h: torch.Tensor) -> torch.Tensor:
+        hidden = ACT2FN[self.activation[name]](self.loretta_adp_down[name](h))
+        return self.loretta_adp_up[name](self.loretta_adp_dropout[name](hidden)) * self.scaling[name]
+
+    def _active_on(self, side: str) -> list[str]:
+        return [a for a in self.active_adapters if a in self.loretta_adp_down and self.side[a] == side]
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.disable_adapters:
+            return self.base_layer(x, *args, **kwargs)
+        for name in self._active_on(INPUT_SIDE):
+            x = x + self._adapter(name, x)
+        out = self.base_layer(x, *args, **kwargs)
+        for name in self._active_on(OUTPUT_SIDE):
+            out = out + self._adapter(name, out)
+        return out
+
+    def merge(self, safe_merge: bool = False, adapter_names=None) -> None:
+        raise ValueError(
+            "LoRETTA_adp is a non-linear adapter and cannot be merged into the base weights; "
+            "use unload() to drop it, or LoRETTA_rep for a mergeable method"
+        )
+
+    def unmerge(self) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return "loretta_adp." + super().__repr__()

@@ -1,0 +1,66 @@
+"""Configuration shared by the two LoRETTA tuners."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from peft import PeftConfig
+
+from .tt_linear import INIT_METHODS
+from .tt_shapes import validate_tt_shapes_mapping
+
+BIAS_CHOICES = ("none", "all")
+
+
+def check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_probability(name: str, value) -> None:
+    if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+
+
+@dataclass
+class LorettaConfigBase(PeftConfig):
+    """Fields common to LoRETTA_adp and LoRETTA_rep (see each config for the method's own)."""
+
+    target_modules: Optional[Union[list[str], str]] = field(
+        default=None,
+        metadata={"help": "Module names (or a regex) to adapt; None uses the model family's preset."},
+    )
+    tensor_rank: int = field(default=5, metadata={"help": "Inner rank of every tensor-train core."})
+    tensorized_head: bool = field(
+        default=True,
+        metadata={"help": "For SEQ_CLS: replace the hidden x hidden head layer by a TT layer (False: train it densely)."},
+    )
+    trainable_layer_norms: bool = field(default=True, metadata={"help": "Train the model's LayerNorm/RMSNorm weights."})
+    init_method: str = field(
+        default="identity",
+        metadata={
+            "help": "'identity': the model's output is unchanged at step 0 (last TT core of the output-side factor "
+            "is zero); 'gaussian': the released code's Gaussian cores (output changes at step 0)."
+        },
+    )
+    tt_shapes: Optional[dict[str, list[int]]] = field(
+        default=None,
+        metadata={"help": "Explicit TT modes per weight size, e.g. {'768x64': [8, 8, 12, 8, 8]}; others are computed."},
+    )
+    bias: str = field(default="none", metadata={"help": "Also train the base model's biases: 'none' or 'all'."})
+    modules_to_save: Optional[list[str]] = field(
+        default=None, metadata={"help": "Extra modules to train and save (heads, norms are added automatically)."}
+    )
+
+    def _validate_common(self) -> None:
+        check_positive_int("tensor_rank", self.tensor_rank)
+        if self.init_method not in INIT_METHODS:
+            raise ValueError(f"init_method {self.init_method!r} is not one of {list(INIT_METHODS)}")
+        if self.bias not in BIAS_CHOICES:
+            raise ValueError(f"bias {self.bias!r} is not one of {list(BIAS_CHOICES)}")
+        validate_tt_shapes_mapping(self.tt_shapes)
+        if isinstance(self.target_modules, (set, tuple)):
+            self.target_modules = sorted(self.target_modules)
+        if self.modules_to_save is not None:
+            self.modules_to_save = list(self.modules_to_save)

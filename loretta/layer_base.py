@@ -1,0 +1,40 @@
+"""What the two LoRETTA tuner layers share: wrapping a base Linear/Conv1D and building TT factors."""
+
+from __future__ import annotations
+
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+
+from .presets import linear_features
+from .tt_linear import TTLinear
+from .tt_shapes import resolve_tt_shape
+
+
+class LorettaLayerBase(nn.Module, BaseTunerLayer):
+    """A tuner layer around one base Linear/Conv1D; subclasses add their adapter ModuleDicts."""
+
+    def __init__(self, base_layer: nn.Module):
+        nn.Module.__init__(self)
+        features = linear_features(base_layer)
+        if features is None:
+            raise TypeError(
+                f"LoRETTA can adapt nn.Linear and transformers Conv1D layers, not {type(base_layer).__name__}"
+            )
+        self.base_layer = base_layer
+        self.in_features, self.out_features = features
+        self._disable_adapters = False
+        self.merged_adapters = []
+
+    def _adapter_device(self) -> torch.device:
+        return self.get_base_layer().weight.device
+
+    def make_tt(self, in_features: int, out_features: int, config, bias: bool, init: str) -> TTLinear:
+        shape = resolve_tt_shape(in_features, out_features, config.tt_shapes)
+        return TTLinear(
+            in_features, out_features, shape, config.tensor_rank, bias=bias, init=init, device=self._adapter_device()
+        )
+
+    def _finish_update(self, adapter_name: str) -> None:
+        # New adapters start active only if they are the active one (peft's convention).
+        self.set_adapter(self.active_adapters)

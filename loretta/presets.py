@@ -1,0 +1,96 @@
+"""Where LoRETTA goes in each model family (one table, keyed by transformers' `model_type`).
+
+Target names use PEFT's matching: a name matches a module whose full name equals it or ends with
+"." + name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+
+@dataclass(frozen=True)
+class FamilyPreset:
+    adp_output_side: tuple[str, ...]  # adapter on the module's output (Houlsby placement)
+    adp_input_side: tuple[str, ...]  # adapter on the module's input
+    rep_targets: tuple[str, ...]  # LoRETTA_rep (LoRA) targets: the attention query and value
+    head_dense: str | None = None  # hidden x hidden layer of the classification head, tensorized for SEQ_CLS
+
+
+_BERT_LIKE = FamilyPreset(("output.dense",), (), ("query", "value"), "pooler.dense")
+_ROBERTA_LIKE = FamilyPreset(("output.dense",), (), ("query", "value"), "classifier.dense")
+_LLAMA_LIKE = FamilyPreset(("down_proj",), ("gate_proj", "up_proj"), ("q_proj", "v_proj"))
+
+FAMILY_PRESETS: dict[str, FamilyPreset] = {
+    "bert": _BERT_LIKE,
+    "roberta": _ROBERTA_LIKE,
+    "xlm-roberta": _ROBERTA_LIKE,
+    "deberta": FamilyPreset(("output.dense",), (), ("in_proj",), "pooler.dense"),  # v1 fuses q,k,v
+    "deberta-v2": FamilyPreset(("output.dense",), (), ("query_proj", "value_proj"), "pooler.dense"),
+    "mpnet": FamilyPreset(("attention.attn.o", "output.dense"), (), ("attn.q", "attn.v"), "classifier.dense"),
+    "opt": FamilyPreset(("fc2",), ("fc1",), ("q_proj", "v_proj")),
+    "gpt2": FamilyPreset(("mlp.c_proj",), ("mlp.c_fc",), ("c_attn",)),  # c_attn fuses q,k,v (Conv1D)
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "gemma": _LLAMA_LIKE,
+    "gemma2": _LLAMA_LIKE,
+    "gemma3_text": _LLAMA_LIKE,
+}
+
+
+def preset_for(model_type: str | None) -> FamilyPreset | None:
+    return FAMILY_PRESETS.get(model_type or "")
+
+
+def name_matches(key: str, names) -> bool:
+    """PEFT's list matching: the full name, or a suffix after a dot."""
+    return any(key == n or key.endswith("." + n) for n in names)
+
+
+def linear_features(module: nn.Module) -> tuple[int, int] | None:
+    """(in_features, out_features) of a Linear or GPT-2 Conv1D, else None."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if isinstance(module, Conv1D):
+        return module.weight.shape[0], module.weight.shape[1]
+    base = getattr(module, "base_layer", None)
+    return linear_features(base) if base is not None else None
+
+
+def linear_layer_names(model: nn.Module) -> list[str]:
+    """The model's linear layer names with layer indices folded to '*' (for error messages)."""
+    seen: dict[str, None] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, Conv1D)):
+            folded = ".".join("*" if part.isdigit() else part for part in name.split("."))
+            seen.setdefault(folded, None)
+    return list(seen)
+
+
+def is_norm(module: nn.Module) -> bool:
+    """LayerNorm / RMSNorm modules of any family (DeBERTa and LLaMA use their own classes)."""
+    if isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or type(module).__name__.endswith(("LayerNorm", "RMSNorm")):
+        return any(True for _ in module.parameters(recurse=False))
+    return False
+
+
+def norm_module_names(model: nn.Module) -> list[str]:
+    return [name for name, module in model.named_modules() if name and is_norm(module)]
+
+
+def unknown_family_error(model_type: str | None, model: nn.Module, what: str) -> ValueError:
+    return ValueError(
+        f"LoRETTA has no default {what} for model_type {model_type!r} (known: {sorted(FAMILY_PRESETS)}); "
+        f"pass target_modules=[...]. This model's linear layers: {linear_layer_names(model)}"
+    )
+
+
+def first_param_dtype(module: nn.Module) -> torch.dtype:
+    for p in module.parameters():
+        return p.dtype
+    return torch.float32

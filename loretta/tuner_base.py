@@ -1,0 +1,147 @@
+"""The PEFT tuner logic both LoRETTA methods share.
+
+Before injection (`_prepare_model`) it resolves the family's default targets, checks that they
+match, swaps the classification head's hidden x hidden layer for a TT layer, and lists the head
+and the layer norms in `modules_to_save` so that PEFT trains, saves, disables and unloads them
+like any auxiliary module.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner
+from torch import nn
+
+from .presets import linear_features, linear_layer_names, name_matches, norm_module_names, preset_for
+from .tt_linear import TTLinear
+from .tt_shapes import resolve_tt_shape
+
+# module names inside PEFT's ModulesToSaveWrapper: the wrapper, not these, is what modules_to_save names
+_WRAPPED = re.compile(r"\.(original_module|modules_to_save)(\.|$)")
+
+
+def _unwrapped_name(name: str) -> str:
+    match = _WRAPPED.search(name)
+    return name[: match.start()] if match else name
+
+
+def _targets_match(target_modules, key: str) -> bool:
+    if isinstance(target_modules, str):
+        return re.fullmatch(target_modules, key) is not None
+    return name_matches(key, target_modules)
+
+
+class LorettaTunerBase(BaseTuner):
+    target_module_mapping: dict = {}
+
+    # subclasses: which preset fields give the default targets
+    def _default_targets(self, preset, config) -> None:
+        raise NotImplementedError
+
+    def _prepare_adapter_config(self, peft_config, model_config):
+        # Defaults are resolved in _prepare_model, where the model is at hand for error messages.
+        return peft_config
+
+    def _prepare_model(self, peft_config, model: nn.Module) -> None:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        preset = preset_for(model_type)
+        if peft_config.target_modules is None:
+            if preset is None:
+                raise ValueError(
+                    f"{type(self).__name__}: no default target modules for model_type {model_type!r}; known families: "
+                    f"{sorted(_known_families())}. Pass target_modules=[...] chosen from this model's linear layers: "
+                    f"{linear_layer_names(model)}"
+                )
+            self._default_targets(preset, peft_config)
+        self._check_targets_exist(peft_config, model)
+        if str(peft_config.task_type) == "SEQ_CLS" and preset is not None and preset.head_dense:
+            self._prepare_head(peft_config, model, preset.head_dense)
+        if peft_config.trainable_layer_norms:
+            self._add_modules_to_save(peft_config, norm_module_names(model))
+
+    def _check_targets_exist(self, peft_config, model: nn.Module) -> None:
+        names = [n for n, m in model.named_modules() if linear_features(m) is not None]
+        if not any(_targets_match(peft_config.target_modules, _unwrapped_name(n)) for n in names):
+            raise ValueError(
+                f"target_modules={peft_config.target_modules!r} matches none of this model's linear layers: "
+                f"{linear_layer_names(model)}"
+            )
+
+    def _prepare_head(self, peft_config, model: nn.Module, head_dense: str) -> None:
+        for name, module in list(model.named_modules()):
+            if _unwrapped_name(name) != name or not name_matches(name, [head_dense]):
+                continue
+            if peft_config.tensorized_head and type(module) is nn.Linear:
+                parent_name, _, child = name.rpartition(".")
+                parent = model.get_submodule(parent_name) if parent_name else model
+                shape = resolve_tt_shape(module.in_features, module.out_features, peft_config.tt_shapes)
+                tt = TTLinear(
+                    module.in_features,
+                    module.out_features,
+                    shape,
+                    peft_config.tensor_rank,
+                    bias=module.bias is not None,
+                    init="gaussian",
+                    device=module.weight.device,
+                )
+                setattr(parent, child, tt)
+        # The head's parent (pooler / classification head) is trained and saved as a whole: with a
+        # TT layer inside when tensorized, densely otherwise.
+        self._add_modules_to_save(peft_config, [head_dense.rpartition(".")[0]])
+
+    @staticmethod
+    def _add_modules_to_save(peft_config, names) -> None:
+        current = list(peft_config.modules_to_save or [])
+        for name in names:
+            name = _unwrapped_name(name)
+            if name and name not in current:
+                current.append(name)
+        peft_config.modules_to_save = current
+
+    def _replace_module(self, parent, child_name, new_module, child) -> None:
+        # Plain replacement (as peft's LoRA does): the default would graft child.weight onto modules
+        # without a base_layer, which breaks unloading RoBERTa's classification head.
+        setattr(parent, child_name, new_module)
+
+    def _unload_and_optionally_merge(self, merge=True, progressbar=False, safe_merge=False, adapter_names=None):
+        model = super()._unload_and_optionally_merge(
+            merge=merge, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names
+        )
+        # A tensorized head becomes an ordinary nn.Linear, so the result is a stock transformers model.
+        for name, module in list(model.named_modules()):
+            if isinstance(module, TTLinear):
+                parent_name, _, child = name.rpartition(".")
+                parent = model.get_submodule(parent_name) if parent_name else model
+                setattr(parent, child, module.to_dense_linear())
+        return model
+
+    def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key, **kwargs):
+        layer_cls = self.tuner_layer_cls
+        if isinstance(target, layer_cls):
+            self._update_existing(target, adapter_name, peft_config, current_key)
+            return
+        new_module = self._new_layer(target, adapter_name, peft_config, current_key)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)
+        self._replace_module(parent, target_name, new_module, target)
+
+    def _new_layer(self, target, adapter_name, peft_config, current_key):
+        raise NotImplementedError
+
+    def _update_existing(self, target, adapter_name, peft_config, current_key) -> None:
+        raise NotImplementedError
+
+
+def _known_families():
+    from .presets import FAMILY_PRESETS
+
+    return FAMILY_PRESETS
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+__all__ = ["LorettaTunerBase", "count_trainable", "torch"]

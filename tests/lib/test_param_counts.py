@@ -1,0 +1,65 @@
+"""The paper's trainable-parameter counts, on full-size models built on the meta device (no weights)."""
+
+import pytest
+import torch
+from peft import LoraConfig
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from loretta import LorettaAdpConfig, LorettaRepConfig, get_peft_model
+
+
+def _meta(build, config):
+    with torch.device("meta"):
+        return build(config)
+
+
+def deberta_base():
+    return _meta(AutoModelForSequenceClassification.from_config, AutoConfig.for_model("deberta", num_labels=2))
+
+
+def roberta_base():
+    cfg = AutoConfig.for_model("roberta", vocab_size=50265, max_position_embeddings=514, type_vocab_size=1,
+                               num_labels=2)
+    return _meta(AutoModelForSequenceClassification.from_config, cfg)
+
+
+def llama2_7b():
+    cfg = AutoConfig.for_model("llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                               num_attention_heads=32, num_key_value_heads=32, vocab_size=32000)
+    return _meta(AutoModelForCausalLM.from_config, cfg)
+
+
+def trainable(model):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize(
+    "build, config, expected",
+    [
+        (deberta_base, LorettaAdpConfig(task_type="SEQ_CLS", tensor_rank=5), 99_194),
+        (deberta_base, LorettaRepConfig(task_type="SEQ_CLS", tensor_rank=5), 55_766),
+        (llama2_7b, LorettaAdpConfig(task_type="CAUSAL_LM", tensor_rank=5), 876_800),
+        (llama2_7b, LorettaRepConfig(task_type="CAUSAL_LM", tensor_rank=8), 516_096),
+        (llama2_7b, LoraConfig(task_type="CAUSAL_LM", r=8, target_modules=["q_proj", "v_proj"]), 4_194_304),
+        (deberta_base, LoraConfig(task_type="SEQ_CLS", r=8, target_modules=["in_proj"]), 296_450),
+    ],
+    ids=["deberta-adp", "deberta-rep", "llama7b-adp", "llama7b-rep", "llama7b-lora", "deberta-lora"],
+)
+def test_paper_counts_exactly(build, config, expected):
+    assert trainable(get_peft_model(build(), config)) == expected
+
+
+def test_ablation_counts_table_11_and_6():
+    # adp without trainable layer norms (paper: 0.061M) and with a regular dense head (0.688M)
+    assert trainable(get_peft_model(deberta_base(), LorettaAdpConfig(task_type="SEQ_CLS",
+                                                                     trainable_layer_norms=False))) == 60_794
+    assert trainable(get_peft_model(deberta_base(), LorettaAdpConfig(task_type="SEQ_CLS",
+                                                                     tensorized_head=False))) == 687_938
+    # rank 2 (paper: 0.067M)
+    assert trainable(get_peft_model(deberta_base(), LorettaAdpConfig(task_type="SEQ_CLS", tensor_rank=2))) == 67_778
+
+
+def test_roberta_base_presets():
+    # reported beside the paper's 0.10M / 0.07M in the README
+    assert trainable(get_peft_model(roberta_base(), LorettaAdpConfig(task_type="SEQ_CLS"))) == 99_194
+    assert trainable(get_peft_model(roberta_base(), LorettaRepConfig(task_type="SEQ_CLS"))) == 69_626

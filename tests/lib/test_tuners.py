@@ -1,0 +1,299 @@
+"""Each tuner on a tiny model of each family: placement, init, training, save/load, adapters, merge, unload."""
+
+import pytest
+import torch
+from peft import PeftModel
+
+from loretta import LorettaAdpConfig, LorettaAdpLayer, LorettaRepConfig, LorettaRepLayer, TaskType, TTLinear, get_peft_model
+
+from .tiny_models import DECODERS, ENCODERS, FAMILIES, tiny_batch, tiny_model
+
+METHODS = {
+    "adp": lambda task, **kw: LorettaAdpConfig(task_type=task, tensor_rank=3, bottleneck_size=8, **kw),
+    "rep": lambda task, **kw: LorettaRepConfig(task_type=task, tensor_rank=3, r=4, lora_dropout=0.0, **kw),
+}
+LAYER_CLS = {"adp": LorettaAdpLayer, "rep": LorettaRepLayer}
+
+
+def _task(family):
+    return "SEQ_CLS" if family in ENCODERS else "CAUSAL_LM"
+
+
+def _logits(model, batch):
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def _perturb_adapters(model, seed=0):
+    """Stand-in for training: move every trainable parameter."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+def test_public_api_from_the_readme_works_verbatim(capsys):
+    model = tiny_model("llama", task="CAUSAL_LM")
+    peft_config = LorettaAdpConfig(bottleneck_size=64, non_linearity="relu", adapter_dropout=0.0,
+        target_modules=None, scaling=1.0, bias="none", task_type="CAUSAL_LM", tensor_rank=5)
+    adp = get_peft_model(model, peft_config)
+    adp.print_trainable_parameters()
+    assert isinstance(adp, PeftModel)
+    peft_config = LorettaRepConfig(r=8, lora_alpha=16, target_modules=None, lora_dropout=0.05,
+        bias="none", task_type="CAUSAL_LM", tensor_rank=5)
+    rep = get_peft_model(tiny_model("llama", task="CAUSAL_LM"), peft_config)
+    rep.print_trainable_parameters()
+    assert isinstance(rep, PeftModel)
+    assert capsys.readouterr().out.count("trainable params") == 2
+
+
+@pytest.mark.parametrize("task_type", ["SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", TaskType.SEQ_CLS,
+                                       TaskType.CAUSAL_LM, TaskType.TOKEN_CLS, TaskType.SEQ_2_SEQ_LM])
+def test_task_type_accepts_strings_and_enum_members(task_type):
+    assert LorettaAdpConfig(task_type=task_type).task_type == task_type
+    assert LorettaRepConfig(task_type=task_type).task_type == task_type
+
+
+def test_token_classification_and_seq2seq_models():
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoModelForTokenClassification
+
+    bert = AutoModelForTokenClassification.from_config(
+        AutoConfig.for_model("bert", hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                             vocab_size=100, num_labels=3))
+    tok = get_peft_model(bert, LorettaAdpConfig(task_type="TOKEN_CLS", bottleneck_size=8, tensor_rank=2))
+    assert tok(**tiny_batch(tok)).logits.shape == (2, 8, 3)
+    bart = AutoModelForSeq2SeqLM.from_config(
+        AutoConfig.for_model("bart", d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                             decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=100))
+    s2s = get_peft_model(bart, LorettaRepConfig(task_type="SEQ_2_SEQ_LM", target_modules=["q_proj", "v_proj"], r=4,
+                                                tensor_rank=2))
+    batch = tiny_batch(s2s)
+    assert s2s(**batch, decoder_input_ids=batch["input_ids"]).logits.shape == (2, 8, 100)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", ["adp", "rep"])
+def test_default_placement_and_training_step(family, method):
+    task = _task(family)
+    model = get_peft_model(tiny_model(family, task=task), METHODS[method](task))
+    layers = [m for m in model.modules() if isinstance(m, LAYER_CLS[method])]
+    assert layers, "nothing was adapted"
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("cores" in n for n in trainable)
+    # every trainable parameter is a TT core, an adapter bias, a norm, or the head
+    assert all(any(s in n for s in ("loretta_", "modules_to_save")) for n in trainable), sorted(trainable)[:5]
+    model.train()
+    out = model(**tiny_batch(model), labels=torch.tensor([0, 1]) if task == "SEQ_CLS" else tiny_batch(model)["input_ids"])
+    out.loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if p.requires_grad and "cores" in n]
+    assert all(g is not None for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_adapter_counts_and_sides_per_family():
+    def count(family):
+        model = get_peft_model(tiny_model(family, task="CAUSAL_LM" if family in DECODERS else "SEQ_CLS"),
+                               METHODS["adp"](_task(family)))
+        layers = [m for m in model.modules() if isinstance(m, LorettaAdpLayer)]
+        return len(layers), sorted({s for m in layers for s in m.side.values()})
+
+    assert count("bert") == (4, ["output"])  # attention output + FFN output, 2 layers
+    assert count("deberta") == (4, ["output"])
+    assert count("mpnet") == (4, ["output"])
+    assert count("llama") == (6, ["input", "output"])  # gate/up input side, down output side
+    assert count("opt") == (4, ["input", "output"])  # fc1 input, fc2 output
+    assert count("gpt2") == (4, ["input", "output"])
+
+
+@pytest.mark.parametrize("family", DECODERS)
+@pytest.mark.parametrize("method", ["adp", "rep"])
+def test_identity_init_leaves_output_unchanged_and_gaussian_does_not(family, method):
+    base = tiny_model(family, task="CAUSAL_LM")
+    batch = tiny_batch(base)
+    before = _logits(base, batch)
+    model = get_peft_model(base, METHODS[method]("CAUSAL_LM", init_method="identity"))
+    torch.testing.assert_close(_logits(model, batch), before)
+    model = get_peft_model(tiny_model(family, task="CAUSAL_LM"), METHODS[method]("CAUSAL_LM", init_method="gaussian"))
+    assert not torch.allclose(_logits(model, batch), before)
+
+
+def test_identity_init_unchanged_for_encoders_with_a_dense_head():
+    base = tiny_model("roberta")
+    batch = tiny_batch(base)
+    before = _logits(base, batch)
+    model = get_peft_model(base, METHODS["adp"]("SEQ_CLS", tensorized_head=False))
+    torch.testing.assert_close(_logits(model, batch), before)
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "deberta", "llama", "gpt2"])
+@pytest.mark.parametrize("method", ["adp", "rep"])
+def test_save_and_load_round_trip_everything_trained(tmp_path, family, method):
+    task = _task(family)
+    model = get_peft_model(tiny_model(family, task=task), METHODS[method](task))
+    _perturb_adapters(model)
+    batch = tiny_batch(model)
+    expected = _logits(model, batch)
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(tiny_model(family, task=task), tmp_path)
+    torch.testing.assert_close(_logits(loaded, batch), expected)
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    restored = dict(loaded.named_parameters())
+    for name, p in trained.items():
+        torch.testing.assert_close(restored[name], p, rtol=0, atol=0)
+
+
+def test_saved_file_holds_cores_biases_norms_and_head_only(tmp_path):
+    from safetensors.torch import load_file
+
+    model = get_peft_model(tiny_model("deberta"), METHODS["adp"]("SEQ_CLS"))
+    model.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "adapter_model.safetensors")
+    total = sum(v.numel() for v in saved.values())
+    assert total == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert any("pooler.dense.cores" in k for k in saved)
+    assert any("LayerNorm" in k for k in saved)
+
+
+@pytest.mark.parametrize("method", ["adp", "rep"])
+def test_disable_adapter_gives_the_base_model(method):
+    base = tiny_model("llama", task="CAUSAL_LM")
+    batch = tiny_batch(base)
+    before = _logits(base, batch)
+    model = get_peft_model(base, METHODS[method]("CAUSAL_LM"))
+    _perturb_adapters(model)
+    adapted = _logits(model, batch)
+    assert not torch.allclose(adapted, before)
+    with model.disable_adapter():
+        torch.testing.assert_close(_logits(model, batch), before)
+    torch.testing.assert_close(_logits(model, batch), adapted)
+
+
+@pytest.mark.parametrize("method", ["adp", "rep"])
+def test_several_named_adapters(method):
+    model = get_peft_model(tiny_model("llama", task="CAUSAL_LM"), METHODS[method]("CAUSAL_LM"))
+    _perturb_adapters(model, seed=1)
+    batch = tiny_batch(model)
+    first = _logits(model, batch)
+    model.add_adapter("second", METHODS[method]("CAUSAL_LM"))
+    model.set_adapter("second")
+    _perturb_adapters(model, seed=2)
+    second = _logits(model, batch)
+    assert not torch.allclose(first, second)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".second" in n for n in trainable if "loretta_" in n)
+    model.set_adapter("default")
+    torch.testing.assert_close(_logits(model, batch), first)
+    model.delete_adapter("second")
+    torch.testing.assert_close(_logits(model, batch), first)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "roberta", "deberta", "bert"])
+def test_rep_merge_unmerge_and_merge_and_unload(family):
+    task = _task(family)
+    model = get_peft_model(tiny_model(family, task=task), METHODS["rep"](task))
+    _perturb_adapters(model)
+    batch = tiny_batch(model)
+    unmerged = _logits(model, batch)
+    model.merge_adapter()
+    torch.testing.assert_close(_logits(model, batch), unmerged, rtol=1e-5, atol=1e-5)
+    model.unmerge_adapter()
+    torch.testing.assert_close(_logits(model, batch), unmerged, rtol=1e-5, atol=1e-5)
+    merged = model.merge_and_unload()
+    assert not any(isinstance(m, (LorettaRepLayer, TTLinear)) for m in merged.modules())
+    assert type(merged).__module__.startswith("transformers.")
+    torch.testing.assert_close(_logits(merged, batch), unmerged, rtol=1e-5, atol=1e-5)
+
+
+def test_rep_merged_model_saves_as_a_stock_transformers_model(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    model = get_peft_model(tiny_model("roberta"), METHODS["rep"]("SEQ_CLS"))
+    _perturb_adapters(model)
+    batch = tiny_batch(model)
+    expected = _logits(model, batch)
+    model.merge_and_unload().save_pretrained(tmp_path)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(_logits(reloaded, batch), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["adp", "rep"])
+def test_unload_returns_the_base_architecture(method):
+    base = tiny_model("llama", task="CAUSAL_LM")
+    batch = tiny_batch(base)
+    before = _logits(base, batch)
+    model = get_peft_model(base, METHODS[method]("CAUSAL_LM", trainable_layer_norms=False))
+    _perturb_adapters(model)
+    plain = model.unload()
+    assert not any(isinstance(m, (LorettaAdpLayer, LorettaRepLayer)) for m in plain.modules())
+    torch.testing.assert_close(_logits(plain, batch), before)
+
+
+def test_adp_cannot_be_merged_with_a_clear_error():
+    model = get_peft_model(tiny_model("llama", task="CAUSAL_LM"), METHODS["adp"]("CAUSAL_LM"))
+    with pytest.raises(ValueError, match="cannot be merged"):
+        model.merge_and_unload()
+
+
+def test_layer_norm_and_head_flags():
+    def trainable(**kw):
+        model = get_peft_model(tiny_model("deberta"), METHODS["adp"]("SEQ_CLS", **kw))
+        return {n for n, p in model.named_parameters() if p.requires_grad}
+
+    default = trainable()
+    assert any("LayerNorm" in n for n in default)
+    assert any("pooler" in n and "cores" in n for n in default)
+    no_norms = trainable(trainable_layer_norms=False)
+    assert not any("LayerNorm" in n for n in no_norms)
+    dense_head = trainable(tensorized_head=False)
+    assert any(n.endswith("pooler.modules_to_save.default.dense.weight") for n in dense_head)
+
+
+def test_dense_adapters_baseline():
+    model = get_peft_model(tiny_model("bert"), METHODS["adp"]("SEQ_CLS", tensorized=False, tensorized_head=False))
+    layer = next(m for m in model.modules() if isinstance(m, LorettaAdpLayer))
+    assert isinstance(layer.loretta_adp_down["default"], torch.nn.Linear)
+    assert not any(isinstance(m, TTLinear) for m in model.modules())
+
+
+def test_user_targets_on_an_unknown_family_and_errors_listing_linear_layers():
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model("phi", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64, vocab_size=100)
+    with pytest.raises(ValueError, match=r"no default target modules for model_type 'phi'.*mlp\.fc1"):
+        get_peft_model(AutoModelForCausalLM.from_config(cfg), LorettaAdpConfig(task_type="CAUSAL_LM"))
+    model = get_peft_model(AutoModelForCausalLM.from_config(cfg),
+                           LorettaAdpConfig(task_type="CAUSAL_LM", target_modules=["fc2"], bottleneck_size=8))
+    assert any(isinstance(m, LorettaAdpLayer) for m in model.modules())
+    with pytest.raises(ValueError, match=r"matches none.*model\.layers\.\*\.mlp\.fc2"):
+        get_peft_model(AutoModelForCausalLM.from_config(cfg),
+                       LorettaRepConfig(task_type="CAUSAL_LM", target_modules=["no_such_layer"]))
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: LorettaAdpConfig(tensor_rank=0), "tensor_rank must be a positive integer, got 0"),
+        (lambda: LorettaRepConfig(r=0), "r must be a positive integer, got 0"),
+        (lambda: LorettaAdpConfig(non_linearity="relux"), "non_linearity 'relux' is not one of"),
+        (lambda: LorettaAdpConfig(init_method="zeros"), r"init_method 'zeros' is not one of \['identity', 'gaussian'\]"),
+        (lambda: LorettaAdpConfig(bias="lora_only"), "bias 'lora_only' is not one of"),
+        (lambda: LorettaAdpConfig(adapter_dropout=1.5), "adapter_dropout must be in"),
+        (lambda: LorettaAdpConfig(tt_shapes={"768x64": [8, 8]}), r"product 64.*768x64"),
+        (lambda: LorettaAdpConfig(tt_shapes={"big": [8, 8]}), "tt_shapes key 'big' is invalid"),
+        (lambda: LorettaAdpConfig(task_type="CLASSIFY"), "Invalid task type"),
+    ],
+)
+def test_bad_config_values_are_named(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_explicit_tt_shape_is_used():
+    model = get_peft_model(tiny_model("bert"), LorettaAdpConfig(task_type="SEQ_CLS", bottleneck_size=8, tensor_rank=2,
+                                                                 tt_shapes={"64x8": [2, 2, 2, 2, 2, 2, 8]}))
+    layer = next(m for m in model.modules() if isinstance(m, LorettaAdpLayer))
+    assert layer.loretta_adp_down["default"].shape == (2, 2, 2, 2, 2, 2, 8)
+    assert layer.loretta_adp_up["default"].shape == tuple(
+        __import__("loretta").default_tt_shape(8, 64))

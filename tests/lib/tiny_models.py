@@ -1,0 +1,44 @@
+"""Tiny models of every supported family, built from configs (no weights, no Hub)."""
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+ENCODERS = ["bert", "roberta", "deberta", "deberta-v2", "mpnet"]
+DECODERS = ["opt", "gpt2", "llama", "mistral", "gemma", "gemma3_text"]
+FAMILIES = ENCODERS + DECODERS
+
+
+def tiny_config(model_type: str, **overrides):
+    if model_type == "gpt2":
+        kw = dict(n_embd=64, n_layer=2, n_head=4, vocab_size=100, n_positions=64)
+    elif model_type == "opt":
+        kw = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, ffn_dim=128, word_embed_proj_dim=64,
+                  vocab_size=100, max_position_embeddings=64)
+    else:
+        kw = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=100,
+                  max_position_embeddings=64)
+        if model_type in DECODERS:
+            kw.update(num_key_value_heads=2, head_dim=16)  # grouped-query attention
+    if model_type in ("roberta", "mpnet"):
+        kw.update(pad_token_id=1)
+    else:
+        kw.update(pad_token_id=0)
+    kw.update(overrides)
+    return AutoConfig.for_model(model_type, **kw)
+
+
+def tiny_model(model_type: str, task: str = "SEQ_CLS", seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    config = tiny_config(model_type, **overrides)
+    if task == "SEQ_CLS":
+        config.num_labels = overrides.get("num_labels", 2)
+        model = AutoModelForSequenceClassification.from_config(config)
+    else:
+        model = AutoModelForCausalLM.from_config(config)
+    return model.eval()
+
+
+def tiny_batch(model, batch: int = 2, length: int = 8, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, 100, (batch, length), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
