@@ -1,0 +1,68 @@
+"""The two sampling protocols of the paper, on already-loaded train / validation examples.
+
+glue (DeBERTa / RoBERTa, Table 1): train = the full train split (or a seeded `num_train` subset);
+    test = the official validation split (or a seeded `num_test` subset, else in file order);
+    dev = test (the paper reports the best validation score), or its first `num_dev` examples.
+mezo (LLaMA-2, Tables 2-3; MeZO's `sample_train_sets` / `sample_subset`): a permutation of the
+    train split seeded by `seed` (numpy's legacy RandomState, exactly as MeZO's `temp_seed`) gives
+    its first num_train + num_dev examples; dev = the last num_dev of them, train = the rest.
+    test = the first num_test of a permutation of the validation split (same seed). Defaults
+    1000 / 500 / 1000, with MeZO's dev of 100 for CB and COPA. Small splits shrink as in MeZO:
+    with fewer than num_train + num_dev train examples, all are taken, dev keeps num_dev and train
+    gets the rest (CB 150/100, COPA 300/100, WSC 54/500); test is the whole validation split when
+    it has fewer than num_test (CB 56, COPA 100, WSC 104).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+
+MEZO_NUM_TRAIN = 1000
+MEZO_NUM_TEST = 1000
+
+
+def permuted(items: Sequence[T], seed: int, num: int | None = None) -> list[T]:
+    """The first `num` items of a seeded permutation (MeZO's `sample_subset`)."""
+    order = np.random.RandomState(seed).permutation(len(items))
+    if num is not None:
+        order = order[:num]
+    return [items[i] for i in order]
+
+
+def _check(name: str, value: int | None) -> None:
+    if value is not None and (not isinstance(value, (int, np.integer)) or value < 0):
+        raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}")
+
+
+def glue_protocol(train: Sequence[T], valid: Sequence[T], seed: int = 0, num_train: int | None = None,
+                  num_dev: int | None = None, num_test: int | None = None) -> dict[str, list[T]]:
+    for name, v in (("num_train", num_train), ("num_dev", num_dev), ("num_test", num_test)):
+        _check(name, v)
+    train_out = list(train) if num_train is None or num_train >= len(train) else permuted(train, seed, num_train)
+    test = list(valid) if num_test is None or num_test >= len(valid) else permuted(valid, seed, num_test)
+    dev = test if num_dev is None else test[:num_dev]
+    return {"train": train_out, "dev": dev, "test": test}
+
+
+def mezo_protocol(train: Sequence[T], valid: Sequence[T], seed: int = 0, num_train: int | None = None,
+                  num_dev: int | None = None, num_test: int | None = None,
+                  default_num_dev: int = 500) -> dict[str, list[T]]:
+    num_train = MEZO_NUM_TRAIN if num_train is None else num_train
+    num_dev = default_num_dev if num_dev is None else num_dev
+    num_test = MEZO_NUM_TEST if num_test is None else num_test
+    for name, v in (("num_train", num_train), ("num_dev", num_dev), ("num_test", num_test)):
+        _check(name, v)
+    sampled = permuted(train, seed, num_train + num_dev)
+    if num_dev and len(sampled) <= num_dev:
+        raise ValueError(f"the train split has {len(train)} examples: no training examples are left "
+                         f"after a dev set of {num_dev}; pass a smaller num_dev")
+    dev = sampled[len(sampled) - num_dev:] if num_dev else []
+    train_out = sampled[:len(sampled) - num_dev]
+    return {"train": train_out, "dev": dev, "test": permuted(valid, seed, num_test)}
+
+
+PROTOCOLS = {"glue": glue_protocol, "mezo": mezo_protocol}

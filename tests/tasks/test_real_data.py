@@ -1,0 +1,97 @@
+"""Loaders on the real benchmark files in ../shared/data: sizes and label balance as published."""
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks import get_task, load_split, load_splits
+
+DATA = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
+pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data not found at {DATA}")
+
+
+def balance(examples):
+    return dict(Counter(e.label for e in examples))
+
+
+@pytest.mark.parametrize("task,split,size,labels", [
+    ("sst2", "train", 67_349, {1: 37_569, 0: 29_780}),
+    ("sst2", "validation", 872, {1: 444, 0: 428}),
+    ("rte", "train", 2_490, {0: 1_249, 1: 1_241}),
+    ("rte", "validation", 277, {0: 146, 1: 131}),
+    ("mrpc", "train", 3_668, {1: 2_474, 0: 1_194}),
+    ("mrpc", "validation", 408, {1: 279, 0: 129}),
+    ("cb", "train", 250, {0: 115, 1: 119, 2: 16}),  # entailment, contradiction, neutral
+    ("cb", "validation", 56, {0: 23, 1: 28, 2: 5}),
+    ("copa", "train", 400, {0: 195, 1: 205}),
+    ("copa", "validation", 100, {0: 55, 1: 45}),
+    ("boolq", "validation", 3_270, {1: 2_033, 0: 1_237}),
+])
+def test_sizes_and_label_balance(task, split, size, labels):
+    examples = load_split(task, split, DATA)
+    assert len(examples) == size
+    assert balance(examples) == labels
+    spec = get_task(task)
+    for ex in examples[:50]:
+        assert all(isinstance(ex.fields[f], str) and ex.fields[f] for f in spec.text_fields)
+
+
+def test_mrpc_bom_and_columns():
+    first = load_split("mrpc", "train", DATA / "glue" / "MRPC")[0]  # the task folder works as data_dir too
+    assert first.label == 1 and first.fields["sentence1"].startswith("Amrozi accused his brother")
+    assert set(first.fields) == {"sentence1", "sentence2"}
+
+
+def test_squad_dev():
+    examples = load_split("squad", "validation", DATA)
+    assert len(examples) == 10_570
+    assert len({e.fields["context"] for e in examples}) == 2_067
+    assert len({e.fields["title"] for e in examples}) == 48
+    assert sum(len(e.answers) for e in examples) == 34_726
+    for e in examples:
+        assert e.answers and all(e.fields["context"][s:s + len(a)] == a
+                                 for a, s in zip(e.answers, e.meta["answer_starts"]))
+    assert examples[0].answers == ["Denver Broncos"] * 3
+
+
+def test_glue_protocol_on_real_files():
+    splits = load_splits("rte", protocol="glue", data_dir=DATA)
+    assert [len(splits[k]) for k in ("train", "dev", "test")] == [2_490, 277, 277]
+    assert splits["dev"] is splits["test"]
+    sub = load_splits("sst2", protocol="glue", data_dir=DATA, seed=3, num_train=2_000, num_test=100)
+    assert [len(sub[k]) for k in ("train", "dev", "test")] == [2_000, 100, 100]
+
+
+def test_mezo_protocol_reproduces_meZO_sampling():
+    train = load_split("sst2", "train", DATA)
+    valid = load_split("sst2", "validation", DATA)
+    splits = load_splits("SST2", protocol="mezo", data_dir=DATA, seed=0)
+    assert [len(splits[k]) for k in ("train", "dev", "test")] == [1_000, 500, 872]
+    # MeZO: np.random.seed(seed); np.random.permutation(len(train))[:1500]; dev = the last 500
+    np.random.seed(0)
+    order = np.random.permutation(len(train)).tolist()[:1_500]
+    assert [e.id for e in splits["train"]] == [train[i].id for i in order[:1_000]]
+    assert [e.id for e in splits["dev"]] == [train[i].id for i in order[1_000:]]
+    np.random.seed(0)
+    assert [e.id for e in splits["test"]] == [valid[i].id for i in np.random.permutation(len(valid))[:1_000]]
+    other = load_splits("sst2", protocol="mezo", data_dir=DATA, seed=1)
+    assert [e.id for e in other["train"]] != [e.id for e in splits["train"]]
+
+
+@pytest.mark.parametrize("task,sizes", [("cb", [150, 100, 56]), ("copa", [300, 100, 100]), ("rte", [1_000, 500, 277])])
+def test_small_splits_shrink_as_in_mezo(task, sizes):
+    splits = load_splits(task, protocol="mezo", data_dir=DATA, seed=0)
+    assert [len(splits[k]) for k in ("train", "dev", "test")] == sizes
+    assert not {e.id for e in splits["train"]} & {e.id for e in splits["dev"]}
+
+
+def test_real_prompts_render():
+    ex = load_split("copa", "validation", DATA)[0]
+    p = get_task("copa").prompt(ex)
+    assert p.context == "The man turned on the faucet so"
+    assert p.candidates == [" the toilet filled with water.", " water flowed from the spout."] and p.gold == 1
+    boolq = load_split("boolq", "validation", DATA)[0]
+    p = get_task("boolq").prompt(boolq)
+    assert p.context.endswith(" Does ethanol take more energy make that produces?\n") and p.gold == 0
