@@ -74,7 +74,7 @@ def vader_movie_snippets(dest_dir: str | Path | None = None, check_sha256: bool 
         if check_sha256 and digest != VADER_FILE_SHA256:
             raise RuntimeError(f"{VADER_FILE_MEMBER} from {VADER_REQUIREMENT} has sha256 {digest}, "
                                f"expected {VADER_FILE_SHA256}")
-        part = target.with_suffix(".part")
+        part = Path(tmp) / target.name
         part.write_bytes(data)
         os.replace(part, target)  # atomic: a concurrent caller sees the whole file or none
     return folder

@@ -7,6 +7,7 @@ The per-task metric sets at the bottom take (predictions, examples) and return a
 
 from __future__ import annotations
 
+import operator
 import re
 import string
 from collections import Counter, defaultdict
@@ -183,11 +184,15 @@ def _labels(examples) -> list:
 
 
 def _indices(predictions) -> list[int]:
+    """Class / choice indices: ints, numpy integers, or anything else with __index__ (not bools)."""
     out = []
     for p in predictions:
-        if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, np.integer)):
+        if isinstance(p, (bool, np.bool_)):
             raise TypeError(f"expected class / choice indices as predictions, got {p!r}")
-        out.append(int(p))
+        try:
+            out.append(operator.index(p))
+        except TypeError:
+            raise TypeError(f"expected class / choice indices as predictions, got {p!r}") from None
     return out
 
 

@@ -137,3 +137,9 @@ def test_no_hub_without_datasets(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(ImportError, match="pass data_dir"):
         load_split("sst2", "train")
+
+
+def test_empty_text_fields_are_kept(tmp_path):
+    write(tmp_path / "train.tsv", "sentence\tlabel\n\t1\nfine\t0\n")
+    exs = load_split("sst2", "train", tmp_path)
+    assert [(e.fields["sentence"], e.label) for e in exs] == [("", 1), ("fine", 0)]

@@ -76,6 +76,11 @@ def test_prediction_type_and_length_are_checked():
         get_task("sst2").compute_metrics(["great"], exs([1]))
     with pytest.raises(TypeError):
         get_task("squad").compute_metrics([3], [Example(fields={}, answers=["3"])])
+    with pytest.raises(TypeError):
+        get_task("sst2").compute_metrics([True], exs([1]))
+    import numpy as np
+
+    assert get_task("sst2").compute_metrics(np.array([1, 0]), exs([1, 1])) == {"accuracy": 0.5}
     with pytest.raises(ValueError, match="no examples"):
         get_task("sst2").compute_metrics([], [])
 

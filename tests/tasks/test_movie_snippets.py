@@ -132,8 +132,9 @@ def _pypi_reachable() -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _pypi_reachable(), reason="PyPI is not reachable (offline)")
 def test_real_download(tmp_path):
+    if not _pypi_reachable():
+        pytest.skip("PyPI is not reachable (offline)")
     folder = fetch.vader_movie_snippets(tmp_path)
     spec = get_task("movie_snippets")
     train, valid = load_split(spec, "train", folder), load_split(spec, "validation", folder)

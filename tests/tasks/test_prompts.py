@@ -93,6 +93,16 @@ def test_squad_and_drop_are_generation():
     assert p.context == "Passage: They won 7 games.\nQuestion: How many games?\nAnswer:" and p.target == " 7\n"
 
 
+def test_empty_inputs():
+    p = render("sst2", {"sentence": ""}, 0)
+    assert p.context == "It was" and p.candidates == [" terrible", " great"]
+    assert get_task("sst2").encoder_inputs(Example(fields={"sentence": ""}, label=0)) == ("", None)
+    p = render("cb", {"premise": "", "hypothesis": ""}, 1)
+    assert p.context == 'Suppose  Can we infer that ""? Yes, No, or Maybe?\n'
+    assert render("squad", {"title": "", "context": "", "question": ""}, answers=["x"]).context == (
+        "Title: \nContext: \nQuestion: \nAnswer:")
+
+
 def test_unicode_passes_through():
     p = render("cb", {"premise": "Zoë said «non» — 東京.", "hypothesis": "naïve"}, 0)
     assert "Zoë said «non» — 東京." in p.context and '"naïve"' in p.context
