@@ -83,7 +83,7 @@ def hub_drop(row: dict, index: int, split: str) -> Example:
 
 
 DROP = TaskSpec(
-    name="drop", kind="generation", label_names=(), primary_metric="f1",
+    name="drop", kind="generation", labels=(), primary_metric="f1",
     text_fields=("passage", "question"), metrics=metrics.drop_set,
     disk=(DiskFormat(files={"train": "drop_dataset_train.json", "validation": "drop_dataset_dev.json"},
                      subdirs=("drop", "drop_dataset", "DROP"), parse=parse_drop,

@@ -71,7 +71,7 @@ def glue_task(name: str, config: str, folder: str, *, kind: str = "classificatio
               parse, pair: tuple[str, str | None], dev_file: str = "dev.tsv", hub_dev: str = "validation",
               describe: str, **extra) -> TaskSpec:
     return TaskSpec(
-        name=name, kind=kind, label_names=names, primary_metric=primary, text_fields=tuple(fields),
+        name=name, kind=kind, labels=names, primary_metric=primary, text_fields=tuple(fields),
         metrics=metric_set, encoder_fields=pair,
         disk=(DiskFormat(files={"train": "train.tsv", "validation": dev_file},
                          subdirs=(f"glue/{folder}", folder, f"GLUE/{folder}", f"glue_data/{folder}"),

@@ -65,7 +65,7 @@ def make_movie_snippets(min_abs_score: float = 0.5, valid_fraction: float = 0.1,
     from .fetch import vader_movie_snippets
 
     return TaskSpec(
-        name=name, kind="classification", label_names=NAMES, primary_metric="accuracy",
+        name=name, kind="classification", labels=NAMES, primary_metric="accuracy",
         text_fields=("sentence",), metrics=metrics.accuracy_set,
         disk=(DiskFormat(files={"train": FILE, "validation": FILE},
                          subdirs=("hutto_ICWSM_2014", "vader", "vader/hutto_ICWSM_2014", "movie_snippets",

@@ -58,7 +58,7 @@ class Prompted:
         return " " + self.answers[0] + "\n"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DiskFormat:
     """Where a task's original-format files live and how to parse them.
 
@@ -73,7 +73,7 @@ class DiskFormat:
     describe: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class HubSource:
     """A Hugging Face Hub dataset: `datasets.load_dataset(path, config, split=splits[split])`,
     each row converted by `convert(row, index, split)` (None drops the row, with a warning)."""
@@ -84,7 +84,7 @@ class HubSource:
     convert: Callable[[dict, int, str], Optional[Example]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity
 class TaskSpec:
     """Everything the runner needs to know about one benchmark task.
 
@@ -94,7 +94,7 @@ class TaskSpec:
 
     name: str
     kind: str
-    label_names: tuple[str, ...]
+    labels: tuple[str, ...]  # label names by index (see `label_names`)
     primary_metric: str
     text_fields: tuple[str, ...]
     metrics: Callable[[Sequence, Sequence[Example]], dict[str, float]]
@@ -114,8 +114,13 @@ class TaskSpec:
 
     # -- description -------------------------------------------------------------------------
     @property
+    def label_names(self) -> list[str]:
+        """Class names by label index; empty for regression, multiple choice and generation."""
+        return list(self.labels)
+
+    @property
     def num_labels(self) -> int:
-        return 1 if self.kind == "regression" else len(self.label_names)
+        return 1 if self.kind == "regression" else len(self.labels)
 
     @property
     def supports_encoder(self) -> bool:

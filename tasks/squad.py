@@ -51,7 +51,7 @@ def hub_squad(row: dict, index: int, split: str) -> Example:
 
 
 SQUAD = TaskSpec(
-    name="squad", kind="generation", label_names=(), primary_metric="f1",
+    name="squad", kind="generation", labels=(), primary_metric="f1",
     text_fields=("title", "context", "question"), metrics=metrics.squad_set,
     disk=(DiskFormat(files={"train": "train-v1.1.json", "validation": "dev-v1.1.json"},
                      subdirs=("squad", "SQuAD", "squad1.1", "squad_v1.1"), parse=parse_squad,

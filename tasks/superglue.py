@@ -154,7 +154,7 @@ def hub_record(row: dict, index: int, split: str) -> Example:
 # --- the tasks --------------------------------------------------------------------------------
 
 BOOLQ = TaskSpec(
-    name="boolq", kind="classification", label_names=FALSE_TRUE, primary_metric="accuracy",
+    name="boolq", kind="classification", labels=FALSE_TRUE, primary_metric="accuracy",
     text_fields=("question", "passage"), metrics=metrics.accuracy_set,
     disk=(disk("BoolQ", jsonl_parser(("question", "passage"), FALSE_TRUE, BOOL), "question, passage, label true/false"),),
     hub=hub("boolq", hub_flat(("question", "passage"), 2, "aps/super_glue/boolq")),
@@ -163,7 +163,7 @@ BOOLQ = TaskSpec(
 )
 
 CB = TaskSpec(
-    name="cb", kind="classification", label_names=CB_NAMES, primary_metric="accuracy",
+    name="cb", kind="classification", labels=CB_NAMES, primary_metric="accuracy",
     text_fields=("premise", "hypothesis"), metrics=metrics.accuracy_macro_f1_set,
     disk=(disk("CB", jsonl_parser(("premise", "hypothesis"), CB_NAMES), "premise, hypothesis, label name"),),
     hub=hub("cb", hub_flat(("premise", "hypothesis"), 3, "aps/super_glue/cb")),
@@ -172,7 +172,7 @@ CB = TaskSpec(
 )
 
 COPA = TaskSpec(
-    name="copa", kind="multiple_choice", label_names=(), primary_metric="accuracy",
+    name="copa", kind="multiple_choice", labels=(), primary_metric="accuracy",
     text_fields=("premise", "choice1", "choice2", "question"), metrics=metrics.accuracy_set,
     disk=(disk("COPA", jsonl_parser(("premise", "choice1", "choice2", "question"), (), INT01),
                "premise, choice1, choice2, question cause/effect, label 0/1"),),
@@ -182,7 +182,7 @@ COPA = TaskSpec(
 )
 
 WIC = TaskSpec(
-    name="wic", kind="classification", label_names=FALSE_TRUE, primary_metric="accuracy",
+    name="wic", kind="classification", labels=FALSE_TRUE, primary_metric="accuracy",
     text_fields=("word", "sentence1", "sentence2"), metrics=metrics.accuracy_set,
     disk=(disk("WiC", jsonl_parser(("word", "sentence1", "sentence2"), FALSE_TRUE, BOOL),
                "word, sentence1, sentence2, label true/false"),),
@@ -192,7 +192,7 @@ WIC = TaskSpec(
 )
 
 WSC = TaskSpec(
-    name="wsc", kind="classification", label_names=FALSE_TRUE, primary_metric="accuracy",
+    name="wsc", kind="classification", labels=FALSE_TRUE, primary_metric="accuracy",
     text_fields=("text", "span1_text", "span2_text"), metrics=metrics.accuracy_set,
     disk=(disk("WSC", parse_wsc, "text, target{span1_index, span1_text, span2_index, span2_text}, label"),),
     hub=hub("wsc.fixed", hub_wsc), aliases=("wsc.fixed", "wsc_fixed"),
@@ -201,7 +201,7 @@ WSC = TaskSpec(
 )
 
 MULTIRC = TaskSpec(
-    name="multirc", kind="classification", label_names=FALSE_TRUE, primary_metric="accuracy",
+    name="multirc", kind="classification", labels=FALSE_TRUE, primary_metric="accuracy",
     text_fields=("paragraph", "question", "answer"), metrics=metrics.multirc_set,
     disk=(disk("MultiRC", parse_multirc, "idx, passage{text, questions[{question, idx, answers[{text, idx, label}]}]}"),),
     hub=hub("multirc", hub_multirc), template=prompts.multirc, long_field="paragraph",
@@ -210,7 +210,7 @@ MULTIRC = TaskSpec(
 )
 
 RECORD = TaskSpec(
-    name="record", kind="multiple_choice", label_names=(), primary_metric="accuracy",
+    name="record", kind="multiple_choice", labels=(), primary_metric="accuracy",
     text_fields=("passage", "query"), metrics=metrics.record_set,
     disk=(disk("ReCoRD", parse_record, "idx, passage{text, entities[{start, end}]}, qas[{query, idx, answers}]"),),
     hub=hub("record", hub_record), template=prompts.record, long_field="passage",

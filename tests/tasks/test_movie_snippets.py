@@ -41,7 +41,7 @@ def test_threshold_and_fraction_are_configurable():
 def test_encoder_and_prompt_like_sst2():
     spec = get_task("movie_snippets")
     ex = load_split(spec, "train", FIXTURES)[0]
-    assert spec.label_names == ("negative", "positive") and spec.encoder_inputs(ex) == (ex.fields["sentence"], None)
+    assert spec.label_names == ["negative", "positive"] and spec.encoder_inputs(ex) == (ex.fields["sentence"], None)
     assert spec.prompt(ex).context == ex.fields["sentence"] + " It was"
     splits = load_splits(spec, protocol="mezo", data_dir=FIXTURES, num_train=4, num_dev=2)
     assert [len(splits[k]) for k in ("train", "dev", "test")] == [4, 2, 1]

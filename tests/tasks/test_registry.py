@@ -48,7 +48,9 @@ def test_every_task_describes_itself(name):
     assert spec.text_fields and all(isinstance(f, str) for f in spec.text_fields)
     assert spec.hub is not None or spec.fetch is not None
     if kind in ("multiple_choice", "generation", "regression"):
-        assert spec.label_names == ()
+        assert spec.label_names == []
+    else:
+        assert isinstance(spec.label_names, list) and len(spec.label_names) == spec.num_labels
 
 
 @pytest.mark.parametrize("alias,name", [
@@ -115,3 +117,8 @@ def test_import_needs_neither_datasets_nor_sklearn():
             "bad = [m for m in ('datasets', 'sklearn', 'scipy', 'torch', 'transformers') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_specs_are_hashable_and_compared_by_identity():
+    assert len({get_task("sst2"), get_task("SST-2"), get_task("rte")}) == 2
+    assert {get_task("cb"): 1}[get_task("CB")] == 1
