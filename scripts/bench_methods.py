@@ -1,0 +1,229 @@
+"""Step time and memory of every PEFT method on one model shape, measured side by side.
+
+    python scripts/bench_methods.py --preset deberta-base-cpu      # CPU, DeBERTa-base shape
+    python scripts/bench_methods.py --preset llama-small-cpu       # CPU, small LLaMA shape
+    python scripts/bench_methods.py --preset llama2-7b-gpu         # GPU, LLaMA-2-7B shape, bf16, 4x512
+    python scripts/bench_methods.py --preset deberta-base-gpu      # GPU, DeBERTa-base, fp32, 32x128
+
+Each (method, round) runs in a fresh worker process, so memory peaks are per method and no
+method inherits another's allocator state; rounds interleave the methods so that drift on a noisy
+machine hits all of them alike. A step is forward + loss + backward + AdamW step. "floor" is the
+frozen model with a full backward pass (the input embeddings require grad) and no weight grads:
+the cost every method pays before its own. Weights are random (only shapes matter for speed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+METHODS = ("floor", "ft", "lora", "ia3", "adapters", "loretta_adp", "loretta_rep")
+
+
+@dataclass(frozen=True)
+class Preset:
+    model_type: str
+    task: str  # "SEQ_CLS" or "CAUSAL_LM"
+    config: dict
+    batch: int
+    length: int
+    dtype: str  # dtype of the base model weights
+    device: str
+
+
+PRESETS = {
+    "deberta-base-cpu": Preset("deberta", "SEQ_CLS", {}, 8, 128, "float32", "cpu"),
+    "llama-small-cpu": Preset(
+        "llama",
+        "CAUSAL_LM",
+        dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,
+             num_key_value_heads=4, vocab_size=32000),
+        4,
+        128,
+        "float32",
+        "cpu",
+    ),
+    "deberta-base-gpu": Preset("deberta", "SEQ_CLS", {}, 32, 128, "float32", "cuda"),
+    "llama2-7b-gpu": Preset(
+        "llama",
+        "CAUSAL_LM",
+        dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+             num_key_value_heads=32, vocab_size=32000),
+        4,
+        512,
+        "bfloat16",
+        "cuda",
+    ),
+}
+
+
+def build_model(preset: Preset):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    config = AutoConfig.for_model(preset.model_type, **preset.config)
+    auto = AutoModelForSequenceClassification if preset.task == "SEQ_CLS" else AutoModelForCausalLM
+    torch.manual_seed(0)
+    with torch.device(preset.device):
+        model = auto.from_config(config, dtype=getattr(torch, preset.dtype))
+    return model
+
+
+def wrap(model, method: str, preset: Preset):
+    """Apply `method` to `model`; returns the model to train."""
+    from peft import IA3Config, LoraConfig
+
+    from loretta import LorettaAdpConfig, LorettaRepConfig, get_peft_model
+    from loretta.presets import preset_for
+
+    family = preset_for(model.config.model_type)
+    if method == "floor":
+        model.requires_grad_(False)
+        model.enable_input_require_grads()  # full backward through the frozen network
+        return model
+    if method == "ft":
+        model.requires_grad_(True)
+        return model
+    configs = {
+        "lora": lambda: LoraConfig(task_type=preset.task, r=8, lora_alpha=16, lora_dropout=0.05,
+                                   target_modules=list(family.rep_targets)),
+        "ia3": lambda: IA3Config(task_type=preset.task),
+        "adapters": lambda: LorettaAdpConfig(task_type=preset.task, tensorized=False),
+        "loretta_adp": lambda: LorettaAdpConfig(task_type=preset.task),
+        "loretta_rep": lambda: LorettaRepConfig(task_type=preset.task),
+    }
+    return get_peft_model(model, configs[method]())
+
+
+def peak_memory_bytes(device: str) -> int:
+    import resource
+
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def run_worker(preset_name: str, method: str, warmup: int, steps: int) -> dict:
+    import torch
+
+    preset = PRESETS[preset_name]
+    torch.manual_seed(0)
+    model = wrap(build_model(preset), method, preset)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5) if params else None
+    vocab = model.config.vocab_size
+    ids = torch.randint(5, vocab, (preset.batch, preset.length), device=preset.device)
+    labels = torch.randint(0, 2, (preset.batch,), device=preset.device) if preset.task == "SEQ_CLS" else ids
+    sync = torch.cuda.synchronize if preset.device == "cuda" else (lambda: None)
+    if preset.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    def step():
+        loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
+        if optimizer is not None:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        sync()
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    return {
+        "method": method,
+        "trainable_params": sum(p.numel() for p in params),
+        "step_times": times,
+        "peak_memory_bytes": peak_memory_bytes(preset.device),
+    }
+
+
+def orchestrate(args) -> list[dict]:
+    results: dict[str, dict] = {}
+    for round_index in range(args.rounds):
+        for method in args.methods:
+            cmd = [sys.executable, __file__, "--worker", method, "--preset", args.preset,
+                   "--warmup", str(args.warmup), "--steps", str(args.steps)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"worker {method} failed (round {round_index}):\n{proc.stderr[-3000:]}")
+            record = json.loads(proc.stdout.strip().splitlines()[-1])
+            merged = results.setdefault(method, {**record, "step_times": [], "peak_memory_bytes": 0})
+            merged["step_times"] += record["step_times"]
+            merged["peak_memory_bytes"] = max(merged["peak_memory_bytes"], record["peak_memory_bytes"])
+            print(f"  round {round_index + 1}/{args.rounds} {method:12s} "
+                  f"median {statistics.median(record['step_times']) * 1e3:8.1f} ms", file=sys.stderr, flush=True)
+    rows = []
+    floor = statistics.median(results["floor"]["step_times"]) if "floor" in results else None
+    lora = statistics.median(results["lora"]["step_times"]) if "lora" in results else None
+    for method in args.methods:
+        r = results[method]
+        median = statistics.median(r["step_times"])
+        rows.append({
+            "method": method,
+            "trainable_params": r["trainable_params"],
+            "median_step_ms": median * 1e3,
+            "vs_floor": median / floor if floor else None,
+            "vs_lora": median / lora if lora else None,
+            "peak_memory_gib": r["peak_memory_bytes"] / 2**30,
+            "steps": len(r["step_times"]),
+        })
+    return rows
+
+
+def markdown(rows, preset_name: str, memory_label: str) -> str:
+    p = PRESETS[preset_name]
+    lines = [
+        f"{preset_name}: {p.model_type} {p.dtype}, batch {p.batch}x{p.length}, {p.device}",
+        "",
+        f"| method | trainable params | median step (ms) | / floor | / LoRA | {memory_label} (GiB) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    fmt = lambda v: "—" if v is None else f"{v:.2f}"  # noqa: E731
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['trainable_params']:,} | {r['median_step_ms']:.1f} | {fmt(r['vs_floor'])} | "
+                     f"{fmt(r['vs_lora'])} | {r['peak_memory_gib']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="deberta-base-cpu", choices=sorted(PRESETS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (one worker per method per round)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per worker")
+    parser.add_argument("--out", help="also write the rows as JSON here")
+    parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(run_worker(args.preset, args.worker, args.warmup, args.steps)))
+        return
+    for name in ("rounds", "steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    rows = orchestrate(args)
+    memory_label = "peak CUDA memory" if PRESETS[args.preset].device == "cuda" else "peak RSS"
+    print(markdown(rows, args.preset, memory_label))
+    if args.out:
+        with open(args.out + ".tmp", "w") as f:
+            json.dump({"preset": args.preset, "rows": rows}, f, indent=2)
+        import os
+
+        os.replace(args.out + ".tmp", args.out)
+
+
+if __name__ == "__main__":
+    main()
