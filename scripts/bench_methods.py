@@ -37,6 +37,10 @@ class Preset:
 
 
 PRESETS = {
+    # smoke-test size (tests/lib/test_bench_script.py)
+    "tiny-cpu": Preset("llama", "CAUSAL_LM", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=100),
+                       2, 16, "float32", "cpu"),
     "deberta-base-cpu": Preset("deberta", "SEQ_CLS", {}, 8, 128, "float32", "cpu"),
     "llama-small-cpu": Preset(
         "llama",

@@ -26,6 +26,7 @@ class LorettaAdpLayer(LorettaLayerBase):
         self.side: dict[str, str] = {}
         self.scaling: dict[str, float] = {}
         self.activation: dict[str, str] = {}
+        self._activation_fn: dict[str, nn.Module] = {}  # ACT2FN[...] builds a module per lookup: keep one
         self.update_layer(adapter_name, side, config)
 
     def update_layer(self, adapter_name: str, side: str, config) -> None:
@@ -46,6 +47,7 @@ class LorettaAdpLayer(LorettaLayerBase):
         self.side[adapter_name] = side
         self.scaling[adapter_name] = float(config.scaling)
         self.activation[adapter_name] = config.non_linearity
+        self._activation_fn[adapter_name] = ACT2FN[config.non_linearity]
         self._finish_update(adapter_name)
 
     def _dense_pair(self, dim: int, bottleneck: int, init: str) -> tuple[nn.Linear, nn.Linear]:
@@ -63,7 +65,7 @@ class LorettaAdpLayer(LorettaLayerBase):
         return down, up
 
     def _adapter(self, name: str, h: torch.Tensor) -> torch.Tensor:
-        hidden = ACT2FN[self.activation[name]](self.loretta_adp_down[name](h))
+        hidden = self._activation_fn[name](self.loretta_adp_down[name](h))
         return self.loretta_adp_up[name](self.loretta_adp_dropout[name](hidden)) * self.scaling[name]
 
     def _active_on(self, side: str) -> list[str]:

@@ -1,0 +1,69 @@
+"""Trainable parameters of each method on the paper's models, beside the paper's figures.
+
+    python scripts/param_counts.py            # Markdown table (models built on the meta device: no weights)
+
+Counts what the paper counts: TT cores, adapter biases, layer norms, tensorized head, label head.
+"""
+
+from __future__ import annotations
+
+import torch
+from peft import LoraConfig
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from loretta import LorettaAdpConfig, LorettaRepConfig, get_peft_model
+
+MODELS = {
+    "DeBERTa-base": ("SEQ_CLS", "deberta", dict(num_labels=2), ["in_proj"]),
+    "RoBERTa-base": ("SEQ_CLS", "roberta", dict(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1,
+                                                num_labels=2), ["query", "value"]),
+    "LLaMA-2-7B": ("CAUSAL_LM", "llama", dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                                              num_attention_heads=32, vocab_size=32000), ["q_proj", "v_proj"]),
+    "LLaMA-2-13B": ("CAUSAL_LM", "llama", dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
+                                               num_attention_heads=40, vocab_size=32000), ["q_proj", "v_proj"]),
+    "LLaMA-2-70B": ("CAUSAL_LM", "llama", dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+                                               num_attention_heads=64, num_key_value_heads=8, vocab_size=32000),
+                    ["q_proj", "v_proj"]),
+}
+
+# The paper's Tables 1-3 (trainable parameters, millions)
+PAPER = {
+    "DeBERTa-base": {"adp": "0.10M", "rep": "0.05M", "lora": "0.30M"},
+    "RoBERTa-base": {"adp": "0.10M", "rep": "0.07M", "lora": "0.63M"},
+    "LLaMA-2-7B": {"adp": "0.88M", "rep": "0.51M", "lora": "4.19M"},
+    "LLaMA-2-13B": {"adp": "1.67M", "rep": "0.77M", "lora": "6.55M"},
+    "LLaMA-2-70B": {"adp": "4.79M", "rep": "1.99M", "lora": "16.38M"},
+}
+
+
+def count(name: str, method: str, **overrides) -> int:
+    task, model_type, config_kw, lora_targets = MODELS[name]
+    config = AutoConfig.for_model(model_type, **config_kw)
+    auto = AutoModelForSequenceClassification if task == "SEQ_CLS" else AutoModelForCausalLM
+    with torch.device("meta"):
+        model = auto.from_config(config)
+    peft_config = {
+        "adp": lambda: LorettaAdpConfig(task_type=task, **overrides),
+        "rep": lambda: LorettaRepConfig(task_type=task, **overrides),
+        "lora": lambda: LoraConfig(task_type=task, r=8, target_modules=lora_targets),
+    }[method]()
+    model = get_peft_model(model, peft_config)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def main() -> None:
+    print("| model | LoRETTA_adp (rank 5) | LoRETTA_rep (rank 5) | LoRETTA_rep (rank 8) | LoRA r=8 (peft) | "
+          "paper adp / rep / LoRA |")
+    print("|---|---:|---:|---:|---:|---|")
+    for name in MODELS:
+        adp = count(name, "adp", tensor_rank=5)
+        rep5 = count(name, "rep", tensor_rank=5)
+        rep8 = count(name, "rep", tensor_rank=8)
+        lora = count(name, "lora")
+        paper = PAPER[name]
+        print(f"| {name} | {adp:,} | {rep5:,} | {rep8:,} | {lora:,} | "
+              f"{paper['adp']} / {paper['rep']} / {paper['lora']} |")
+
+
+if __name__ == "__main__":
+    main()

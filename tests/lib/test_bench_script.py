@@ -1,0 +1,30 @@
+"""The benchmark script runs end to end and prints a row per method (timings are not asserted)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_methods.py"
+
+
+def test_bench_methods_prints_a_row_per_method(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--preset", "tiny-cpu", "--rounds", "1", "--steps", "1", "--warmup", "0",
+         "--methods", "floor", "lora", "ia3", "loretta_adp", "loretta_rep", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["method"] for r in rows] == ["floor", "lora", "ia3", "loretta_adp", "loretta_rep"]
+    by_method = {r["method"]: r for r in rows}
+    assert by_method["floor"]["trainable_params"] == 0
+    assert by_method["floor"]["vs_floor"] == 1.0 and by_method["lora"]["vs_lora"] == 1.0
+    assert 0 < by_method["loretta_rep"]["trainable_params"] < by_method["lora"]["trainable_params"]
+    assert "| loretta_adp |" in proc.stdout
+
+
+def test_bench_methods_rejects_bad_arguments():
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--preset", "nope"], capture_output=True, text=True)
+    assert proc.returncode != 0 and "invalid choice: 'nope'" in proc.stderr
