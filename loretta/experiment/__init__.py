@@ -1,0 +1,14 @@
+"""The experiment runner: joins the library (loretta) and the benchmarks (tasks) under Hydra configs.
+
+    from loretta.experiment import train      # train(cfg) -> results record; cfg = a composed config
+
+Modules, one job each: models (model registry), methods (method registry), prefix (encoder prefix
+tuning), data (examples -> tensors, losses, predictions), loop (the training loop), results
+(results.json, versions), logging (metrics.jsonl and wandb), checks (config errors).
+`import loretta` never imports this package: Hydra, wandb, datasets and tasks stay out of the library.
+"""
+
+from .checks import ConfigError
+from .loop import NonFiniteLossError, train
+
+__all__ = ["ConfigError", "NonFiniteLossError", "train"]

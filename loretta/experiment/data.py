@@ -1,0 +1,237 @@
+"""Tasks' examples -> tensors, and the loss and predictions of each way of pairing a model with a task.
+
+A `Recipe` bundles how one kind of run turns examples into features, batches them, computes the
+training loss and predicts:
+
+  encoder        encoder + classification/regression task: (text, pair) through the tokenizer, the
+                 model's own loss (cross-entropy or MSE), argmax or the regression value.
+  candidates     decoder, trained with cross-entropy over candidate scores: every candidate is
+                 context + continuation; its score is the mean log-probability of its tokens (a mask
+                 marks them); the prediction is the best candidate (MeZO's classification).
+  lm_candidates  decoder, trained with the LM loss on the gold continuation, predicting by candidate
+                 scores (COPA, ReCoRD).
+  lm_generate    decoder, trained with the LM loss on the answer (" answer\\n"), predicting by greedy
+                 decoding that stops at a newline (SQuAD, DROP).
+
+Features are plain dicts of lists; `collate_*` pads them into tensors. Decoder contexts that are too
+long are first shortened by the task (`spec.fit_prompt`, which keeps the answer in view), then
+truncated from the left.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .checks import ConfigError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    encode_train: Callable  # (spec, examples, tokenizer, max_length) -> features for the loss
+    collate_train: Callable  # (features, tokenizer) -> batch
+    loss: Callable  # (model, batch) -> scalar tensor
+    encode_eval: Callable  # (spec, examples, tokenizer, max_length) -> features for predictions
+    collate_eval: Callable
+    predict: Callable  # (model, batch, ctx) -> (predictions list, loss sum or None)
+
+
+def recipe_for(family: str, spec, objective: str = "auto") -> Recipe:
+    """The recipe for a model family and a task (`objective`: auto | candidates | lm)."""
+    if family == "encoder":
+        if not spec.supports_encoder:
+            raise ConfigError(f"task {spec.name!r} has no encoder (sequence classification) form; use a decoder "
+                              f"model (e.g. model=smollm2 or model=llama2-7b)")
+        return RECIPES["encoder"]
+    if not spec.supports_decoder:
+        raise ConfigError(f"task {spec.name!r} has no decoder prompt; use an encoder model (e.g. model=minilm)")
+    if spec.kind == "generation":
+        return RECIPES["lm_generate"]
+    if objective == "auto":
+        objective = "candidates" if spec.kind == "classification" else "lm"
+    return RECIPES["candidates" if objective == "candidates" else "lm_candidates"]
+
+
+# -- encoder -------------------------------------------------------------------------------------
+
+
+def encode_encoder(spec, examples, tokenizer, max_length):
+    pairs = [spec.encoder_inputs(ex) for ex in examples]
+    first = [a for a, _ in pairs]
+    second = [b for _, b in pairs]
+    has_pair = any(b is not None for b in second)
+    enc = tokenizer(first, second if has_pair else None, truncation=True, max_length=max_length)
+    features = []
+    for i, ex in enumerate(examples):
+        feature = {k: enc[k][i] for k in enc.keys()}
+        feature["labels"] = spec.encoder_label(ex)
+        features.append(feature)
+    return features
+
+
+def collate_encoder(features, tokenizer):
+    labels = [f["labels"] for f in features]
+    batch = tokenizer.pad([{k: v for k, v in f.items() if k != "labels"} for f in features], return_tensors="pt")
+    batch = dict(batch)
+    batch["labels"] = torch.tensor(labels, dtype=torch.float if isinstance(labels[0], float) else torch.long)
+    return batch
+
+
+def loss_encoder(model, batch):
+    return model(**batch).loss
+
+
+def predict_encoder(model, batch, ctx):
+    out = model(**batch)
+    logits = out.logits.float()
+    preds = logits.squeeze(-1).tolist() if logits.shape[-1] == 1 else logits.argmax(-1).tolist()
+    return preds, out.loss.float().item() * len(preds)
+
+
+# -- decoder: prompts ----------------------------------------------------------------------------
+
+
+def _prompts(spec, examples, tokenizer, max_length):
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    return [spec.fit_prompt(ex, max_length, count_tokens=count) for ex in examples]
+
+
+def _ids(tokenizer, text, special: bool):
+    return tokenizer(text, add_special_tokens=special)["input_ids"]
+
+
+def _join(context_ids, continuation_ids, max_length):
+    """context + continuation, the context cut from the left to fit; -> (ids, continuation start)."""
+    keep = max(max_length - len(continuation_ids), 1)
+    context_ids = context_ids[-keep:]
+    ids = (context_ids + continuation_ids)[:max_length]
+    return ids, len(context_ids)
+
+
+def encode_candidates(spec, examples, tokenizer, max_length):
+    """One feature per example: its candidate sequences and where each continuation starts."""
+    features = []
+    for ex, p in zip(examples, _prompts(spec, examples, tokenizer, max_length)):
+        context = _ids(tokenizer, p.context, True)
+        seqs, starts = [], []
+        for cand in p.candidates:
+            ids, start = _join(context, _ids(tokenizer, cand, False), max_length)
+            seqs.append(ids)
+            starts.append(start)
+        features.append({"seqs": seqs, "starts": starts, "gold": -100 if p.gold is None else p.gold})
+    return features
+
+
+def _pad(rows, value, left=False):
+    width = max(len(r) for r in rows)
+    return torch.tensor([([value] * (width - len(r)) + r) if left else (r + [value] * (width - len(r))) for r in rows])
+
+
+def collate_candidates(features, tokenizer):
+    seqs, owner, slot, mask_rows = [], [], [], []
+    for i, f in enumerate(features):
+        for j, (ids, start) in enumerate(zip(f["seqs"], f["starts"])):
+            seqs.append(ids)
+            owner.append(i)
+            slot.append(j)
+            mask_rows.append([0] * start + [1] * (len(ids) - start))
+    return {
+        "input_ids": _pad(seqs, tokenizer.pad_token_id),
+        "attention_mask": _pad([[1] * len(s) for s in seqs], 0),
+        "candidate_mask": _pad(mask_rows, 0),
+        "owner": torch.tensor(owner),  # the example of each sequence
+        "slot": torch.tensor(slot),  # its candidate index
+        "gold": torch.tensor([f["gold"] for f in features]),
+    }
+
+
+def candidate_scores(model, batch):
+    """(examples, max candidates) mean log-probabilities of each candidate's tokens (-inf where none)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = logits[:, -batch["input_ids"].shape[1]:]  # prompt tuning returns its virtual tokens' logits too
+    mask = batch["candidate_mask"][:, 1:].bool()  # token t is predicted at position t-1
+    rows, cols = mask.nonzero(as_tuple=True)
+    picked = logits[:, :-1][rows, cols].float().log_softmax(-1)
+    token_logp = picked.gather(-1, batch["input_ids"][:, 1:][rows, cols].unsqueeze(-1)).squeeze(-1)
+    seq_score = torch.zeros(mask.shape[0], device=logits.device).index_add(0, rows, token_logp)
+    seq_score = seq_score / mask.sum(1).clamp(min=1)
+    owner, slot = batch["owner"], batch["slot"]
+    scores = torch.full((batch["gold"].shape[0], int(slot.max()) + 1), float("-inf"), device=logits.device)
+    scores[owner, slot] = seq_score
+    return scores
+
+
+def loss_candidates(model, batch):
+    return F.cross_entropy(candidate_scores(model, batch), batch["gold"])
+
+
+def predict_candidates(model, batch, ctx):
+    scores = candidate_scores(model, batch)
+    gold = batch["gold"]
+    known = gold >= 0
+    loss = F.cross_entropy(scores[known], gold[known], reduction="sum").item() if known.any() else None
+    return scores.argmax(-1).tolist(), loss
+
+
+# -- decoder: LM loss on the answer, greedy generation -------------------------------------------
+
+
+def encode_lm(spec, examples, tokenizer, max_length):
+    """context + target (the gold candidate, or " answer\\n"), labels only on the target's tokens."""
+    features = []
+    for p in _prompts(spec, examples, tokenizer, max_length):
+        if p.target is None:
+            continue  # no gold to learn from
+        ids, start = _join(_ids(tokenizer, p.context, True), _ids(tokenizer, p.target, False), max_length)
+        features.append({"input_ids": ids, "labels": [-100] * start + ids[start:]})
+    return features
+
+
+def collate_lm(features, tokenizer):
+    ids = [f["input_ids"] for f in features]
+    return {
+        "input_ids": _pad(ids, tokenizer.pad_token_id),
+        "attention_mask": _pad([[1] * len(i) for i in ids], 0),
+        "labels": _pad([f["labels"] for f in features], -100),
+    }
+
+
+def loss_lm(model, batch):
+    return model(**batch).loss
+
+
+def encode_generate(spec, examples, tokenizer, max_length):
+    return [{"input_ids": _join(_ids(tokenizer, p.context, True), [], max_length)[0]}
+            for p in _prompts(spec, examples, tokenizer, max_length)]
+
+
+def collate_generate(features, tokenizer):
+    ids = [f["input_ids"] for f in features]
+    return {"input_ids": _pad(ids, tokenizer.pad_token_id, left=True),
+            "attention_mask": _pad([[1] * len(i) for i in ids], 0, left=True)}
+
+
+def predict_generate(model, batch, ctx):
+    """Greedy decoding; the answer is the text before the first newline."""
+    out = ctx.unwrap(model).generate(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=ctx.max_new_tokens,
+        do_sample=False, pad_token_id=ctx.tokenizer.pad_token_id, stop_strings=["\n"], tokenizer=ctx.tokenizer)
+    new = out[:, batch["input_ids"].shape[1]:]
+    texts = ctx.tokenizer.batch_decode(new, skip_special_tokens=True)
+    return [t.split("\n")[0].strip() for t in texts], None
+
+
+RECIPES = {
+    "encoder": Recipe("encoder", encode_encoder, collate_encoder, loss_encoder,
+                      encode_encoder, collate_encoder, predict_encoder),
+    "candidates": Recipe("candidates", encode_candidates, collate_candidates, loss_candidates,
+                         encode_candidates, collate_candidates, predict_candidates),
+    "lm_candidates": Recipe("lm_candidates", encode_lm, collate_lm, loss_lm,  # dev loss: the LM loss, not CE
+                            encode_candidates, collate_candidates, lambda m, b, c: (predict_candidates(m, b, c)[0], None)),
+    "lm_generate": Recipe("lm_generate", encode_lm, collate_lm, loss_lm,
+                          encode_generate, collate_generate, predict_generate),
+}

@@ -1,0 +1,358 @@
+"""The training loop: one function, `train(cfg)`, read top to bottom.
+
+  1. accelerate (device, mixed precision, gradient accumulation), seed
+  2. task splits (tasks/), model + tokenizer (models.py), method (methods.py)
+  3. features (data.py), AdamW, linear warmup + decay
+  4. resume from <output_dir>/checkpoint/last when asked
+  5. epochs of optimizer steps; evaluation every `eval_every` steps keeps the best trainable
+     weights (by the primary metric or dev loss) in checkpoint/best.pt and saves checkpoint/last
+  6. the best weights scored on the evaluation split -> results.json (atomically)
+
+Determinism: the seed fixes the model's random parts, the data sample and each epoch's order
+(a permutation seeded by seed and epoch); a checkpoint holds the RNG states and how far into the
+epoch the run was, so an interrupted run that resumes ends with the same metrics as one that was
+not interrupted (on CPU; GPU kernels may add nondeterminism).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+
+from . import checks, data, methods, models, results
+from .checks import ConfigError
+from .logging import Tracker
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stops and writes no results."""
+
+
+@dataclass
+class TrainState:
+    """Everything about the run's progress that a checkpoint must restore."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    consumed: int = 0  # examples of this epoch's order already trained on (all processes)
+    best_score: float = -math.inf  # primary metric, or minus the dev loss
+    best_step: int = -1
+    best_dev: dict = field(default_factory=dict)  # dev evaluation at best_step
+    evals_since_best: int = 0
+    train_time_s: float = 0.0
+    history: list = field(default_factory=list)  # every evaluation
+    resumed_at: list = field(default_factory=list)
+
+
+@dataclass
+class EvalContext:
+    tokenizer: object
+    max_new_tokens: int
+    unwrap: object
+
+
+def _plain(node):
+    return OmegaConf.to_container(node, resolve=True) if node is not None else {}
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def train(cfg) -> dict:
+    """Run the experiment `cfg` describes (a composed Hydra config); return its results record."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import set_seed
+    from tasks import get_task, load_splits
+
+    checks.validate(cfg)
+    t = cfg.train
+    out = Path(str(cfg.output_dir))
+    ckpt_dir = out / "checkpoint"
+    if cfg.resume and (done := results.read_completed(out)) is not None:
+        print(f"[loretta] {out} is already completed; nothing to resume", flush=True)
+        return done
+
+    # 1. devices, precision, accumulation, seed -------------------------------------------------
+    AcceleratorState._reset_state()  # a new precision / accumulation per run (multirun jobs share a process)
+    GradientState._reset_state()
+    accelerator = Accelerator(mixed_precision=checks.PRECISIONS[t.precision], gradient_accumulation_steps=t.grad_accum)
+    main = accelerator.is_main_process
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    set_seed(cfg.seed)
+
+    # 2. data, model, method ----------------------------------------------------------------
+    spec = get_task(cfg.task.name)
+    recipe = data.recipe_for(cfg.model.family, spec, cfg.task.objective)  # fails early on a bad pairing
+    data_dir = str(Path(str(cfg.task.data_dir)).expanduser()) if cfg.task.data_dir is not None else None
+    splits = load_splits(spec, protocol=t.protocol, data_dir=data_dir, seed=cfg.seed,
+                         num_train=t.num_train, num_dev=t.num_dev, num_test=t.num_test)
+    for split in ("train", "dev", t.eval_split):
+        if not splits.get(split):
+            raise ConfigError(f"task {spec.name!r} has no {split!r} examples under protocol {t.protocol!r}")
+    loaded = models.load(cfg.model, num_labels=spec.num_labels, label_names=spec.label_names)
+    tokenizer = loaded.tokenizer
+    target = methods.Target(family=loaded.family, model_type=loaded.model_type, num_labels=spec.num_labels,
+                            targets=_plain(cfg.model.get("targets")))
+    model = methods.apply(loaded.model, cfg.method, target)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:  # trainable weights in fp32 even when the model is loaded in bf16/fp16
+        p.data = p.data.float()
+    num_trainable, num_total = results.count_parameters(model)
+    if num_trainable == 0:
+        raise ConfigError(f"method {cfg.method.name!r} left nothing to train in model {cfg.model.name!r}")
+    if t.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    # 3. features, optimizer, schedule ------------------------------------------------------
+    encode = lambda fn, split: fn(spec, splits[split], tokenizer, t.max_length)  # noqa: E731
+    train_set = encode(recipe.encode_train, "train")
+    dev_loss_set = encode(recipe.encode_train, "dev")
+    eval_sets = {s: encode(recipe.encode_eval, s) for s in {"dev", t.eval_split}}
+    if not train_set:
+        raise ConfigError(f"task {spec.name!r}: no training example has a gold answer")
+
+    def loader(features, collate, **kw):
+        # its own generator: iterating a DataLoader draws a seed from the global RNG otherwise, which
+        # would shift dropout masks after a resume
+        return accelerator.prepare_data_loader(DataLoader(features, collate_fn=lambda f: collate(f, tokenizer),
+                                                          num_workers=t.num_workers, generator=torch.Generator(),
+                                                          **kw))
+
+    dev_loss_loader = loader(dev_loss_set, recipe.collate_train, batch_size=t.eval_batch_size)
+    eval_loaders = {s: loader(f, recipe.collate_eval, batch_size=t.eval_batch_size) for s, f in eval_sets.items()}
+
+    lr = checks.learning_rate(cfg)
+    optimizer = torch.optim.AdamW(trainable, lr=lr, betas=tuple(t.adam_betas), eps=t.adam_eps,
+                                  weight_decay=t.weight_decay)
+    per_step = t.batch_size * accelerator.num_processes
+    steps_per_epoch = math.ceil(math.ceil(len(train_set) / per_step) / t.grad_accum)
+    total_steps = t.max_steps if t.max_steps > 0 else t.epochs * steps_per_epoch
+    num_epochs = math.ceil(total_steps / steps_per_epoch)
+    warmup = round(t.warmup_ratio * total_steps) if t.warmup_ratio > 0 else t.warmup_steps
+    from transformers import get_linear_schedule_with_warmup
+
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    ctx = EvalContext(tokenizer=tokenizer, max_new_tokens=t.max_new_tokens, unwrap=accelerator.unwrap_model)
+
+    # 4. resume --------------------------------------------------------------------------------
+    state = TrainState()
+    if cfg.resume and (ckpt_dir / "last.pt").is_file():
+        state = load_checkpoint(ckpt_dir / "last.pt", accelerator.unwrap_model(model), optimizer, scheduler)
+        state.resumed_at.append(state.step)
+        print(f"[loretta] resuming {out} at step {state.step}/{total_steps}", flush=True)
+    elif cfg.resume:
+        print(f"[loretta] resume=true but {ckpt_dir / 'last.pt'} does not exist: starting from scratch", flush=True)
+
+    run_name = f"{spec.name}-{cfg.model.name}-{cfg.method.name}{cfg.variant}-seed{cfg.seed}"
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    tracker = Tracker(cfg.logger, output_dir=out, name=run_name, tags=[spec.name, cfg.model.name, cfg.method.name],
+                      config=resolved, active=main)
+    tracker.summary({"trainable_params": num_trainable, "total_params": num_total})
+    if main:
+        print(f"[loretta] {run_name}: {num_trainable:,} trainable of {num_total:,} parameters; "
+              f"{len(train_set)} train / {len(dev_loss_set)} dev / {len(eval_sets[t.eval_split])} "
+              f"{t.eval_split} examples; {total_steps} steps, lr {lr:g}", flush=True)
+
+    def evaluate(split: str, metrics: bool = True, loss: bool = True) -> dict:
+        """Scores on a split: the task's metrics from predictions, and the training loss."""
+        model.eval()
+        result, loss_sum, loss_count, preds = {}, 0.0, 0, []
+        with torch.no_grad(), accelerator.autocast():
+            if metrics:
+                for batch in eval_loaders[split]:
+                    p, batch_loss = recipe.predict(model, batch, ctx)
+                    preds.extend(accelerator.gather_for_metrics(p, use_gather_object=True))
+                    if batch_loss is not None:
+                        loss_sum, loss_count = loss_sum + batch_loss, loss_count + len(p)
+                result.update(spec.compute_metrics(preds, splits[split]))
+            if loss and (split == "dev") and loss_count == 0:
+                for batch in dev_loss_loader:
+                    n = int(batch["input_ids"].shape[0]) if recipe.name != "candidates" else int(batch["gold"].shape[0])
+                    value = recipe.loss(model, batch).float() * n
+                    total = accelerator.reduce(torch.stack([value, torch.tensor(float(n), device=value.device)]), "sum")
+                    loss_sum, loss_count = loss_sum + total[0].item(), loss_count + int(total[1].item())
+            if loss_count:
+                result["loss"] = loss_sum / loss_count
+        model.train()
+        return result
+
+    def evaluate_and_keep_best() -> bool:
+        """Evaluate on dev, keep the best weights, save the last checkpoint; True = stop early."""
+        want_metrics = t.select_by == "metric" or t.eval_split == "dev"
+        start = time.time()
+        dev = evaluate("dev", metrics=want_metrics, loss=True)
+        score = dev[spec.primary_metric] if t.select_by == "metric" else -dev["loss"]
+        improved = score > state.best_score
+        if improved:
+            state.best_score, state.best_step, state.best_dev, state.evals_since_best = score, state.step, dev, 0
+            if main:
+                save_trainable(accelerator.unwrap_model(model), ckpt_dir / "best.pt")
+        else:
+            state.evals_since_best += 1
+        state.history.append({"step": state.step, "epoch": state.epoch, **dev})
+        tracker.log({**{f"dev/{k}": v for k, v in dev.items()}, "dev/eval_time_s": time.time() - start}, state.step)
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in dev.items())
+        accelerator.print(f"[loretta] step {state.step}: dev {shown}{' (best)' if improved else ''}")
+        stop = 0 < t.early_stopping_patience <= state.evals_since_best
+        accelerator.wait_for_everyone()
+        if main:
+            save_checkpoint(ckpt_dir / "last.pt", accelerator.unwrap_model(model), optimizer, scheduler, state)
+        return stop
+
+    # 5. train ----------------------------------------------------------------------------------
+    progress = None
+    if main and t.progress_bar:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=total_steps, initial=state.step, desc=run_name, dynamic_ncols=True)
+    if state.step == 0 and t.eval_at_start and not state.history:
+        evaluate_and_keep_best()
+    model.train()
+    done = state.step >= total_steps
+    window_loss, window_examples, window_start = 0.0, 0, time.time()
+    while not done and state.epoch < num_epochs:
+        order = epoch_order(len(train_set), cfg.seed, state.epoch)[state.consumed:]
+        train_loader = loader(train_set, recipe.collate_train, batch_size=t.batch_size, sampler=order)
+        session_start = time.time()
+        for batch in train_loader:
+            with accelerator.accumulate(model):
+                loss = recipe.loss(model, batch)
+                if not torch.isfinite(loss.detach()):
+                    raise NonFiniteLossError(
+                        f"training loss is {loss.item()} at step {state.step + 1} (epoch {state.epoch}); "
+                        f"stopping, no results written (earlier checkpoints and results are untouched). "
+                        f"Try a lower train.lr (now {lr:g}), train.precision=fp32 or train.max_grad_norm>0.")
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and t.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(trainable, t.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            state.consumed += per_step
+            window_loss += loss.item()
+            window_examples += per_step
+            if not accelerator.sync_gradients:
+                continue
+            if not accelerator.optimizer_step_was_skipped:
+                scheduler.step()
+            state.step += 1
+            if progress is not None:
+                progress.update(1)
+            if state.step % t.log_every == 0 or state.step == total_steps:
+                elapsed = max(time.time() - window_start, 1e-9)
+                micro = max(window_examples // per_step, 1)
+                logged = {"train/loss": window_loss / micro, "train/lr": scheduler.get_last_lr()[0],
+                          "train/examples_per_s": window_examples / elapsed, "train/epoch": state.epoch}
+                tracker.log(logged, state.step)
+                if progress is not None:
+                    progress.set_postfix(loss=f"{logged['train/loss']:.4f}", ex_s=f"{logged['train/examples_per_s']:.1f}")
+                window_loss, window_examples, window_start = 0.0, 0, time.time()
+            done = state.step >= total_steps
+            if (t.eval_every > 0 and state.step % t.eval_every == 0) or done:
+                state.train_time_s += time.time() - session_start
+                session_start = time.time()
+                if evaluate_and_keep_best():
+                    done = True
+            if done:
+                break
+        else:  # the epoch ran to its end
+            state.train_time_s += time.time() - session_start
+            state.epoch, state.consumed = state.epoch + 1, 0
+            if t.eval_every == 0 and not done:
+                evaluate_and_keep_best()
+            continue
+        break
+    if progress is not None:
+        progress.close()
+
+    # 6. the best weights on the evaluation split ------------------------------------------------
+    accelerator.wait_for_everyone()
+    if state.best_step < 0:
+        evaluate_and_keep_best()
+    if t.eval_split == "dev" and spec.primary_metric in state.best_dev:
+        final = dict(state.best_dev)
+    else:
+        load_trainable(accelerator.unwrap_model(model), ckpt_dir / "best.pt")
+        final = evaluate(t.eval_split, metrics=True, loss=t.eval_split == "dev")
+    peak, peak_kind = results.peak_memory()
+    record = {
+        "task": spec.name, "model": cfg.model.name, "method": cfg.method.name, "seed": cfg.seed,
+        "status": results.COMPLETED,
+        "experiment": cfg.experiment_name, "variant": cfg.variant,
+        "metrics": final, "primary_metric": spec.primary_metric, "eval_split": t.eval_split,
+        "best_step": state.best_step, "selected_by": t.select_by, "best_dev": state.best_dev,
+        "steps": state.step, "trainable_params": num_trainable, "total_params": num_total,
+        "train_time_s": round(state.train_time_s, 3), "peak_memory_bytes": peak, "peak_memory_kind": peak_kind,
+        "num_train_examples": len(splits["train"]), "num_eval_examples": len(splits[t.eval_split]),
+        "lr": lr, "history": state.history, "resumed_at_steps": state.resumed_at,
+        "config": resolved, "versions": results.versions(),
+    }
+    if main:
+        results.write_json_atomic(out / results.RESULTS, record)
+        if not t.keep_checkpoint:
+            (ckpt_dir / "last.pt").unlink(missing_ok=True)
+    tracker.log({f"{t.eval_split}/{k}": v for k, v in final.items()}, state.step)
+    tracker.summary({f"final/{k}": v for k, v in final.items()})
+    tracker.finish()
+    accelerator.print(f"[loretta] done: {t.eval_split} {final} (best step {state.best_step}); {out / results.RESULTS}")
+    return record
+
+
+# -- checkpoints: the trainable weights only (PEFT runs stay small), optimizer, schedule, RNG ------
+
+
+def trainable_state(model) -> dict:
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _atomic_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def save_trainable(model, path: Path) -> None:
+    _atomic_save(trainable_state(model), path)
+
+
+def load_trainable(model, path: Path) -> None:
+    weights = torch.load(path, map_location="cpu", weights_only=True)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected:
+        raise RuntimeError(f"{path}: weights the model does not have: {unexpected[:5]}")
+
+
+def save_checkpoint(path: Path, model, optimizer, scheduler, state: TrainState) -> None:
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    _atomic_save({"trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
+                  "scheduler": scheduler.state_dict(), "rng": rng, "state": asdict(state)}, path)
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> TrainState:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    missing, unexpected = model.load_state_dict(ckpt["trainable"], strict=False)
+    if unexpected:
+        raise RuntimeError(f"{path} does not fit this model (unexpected {unexpected[:5]}); was the config changed?")
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    random.setstate(ckpt["rng"]["python"])
+    np.random.set_state(ckpt["rng"]["numpy"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if "cuda" in ckpt["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    return TrainState(**ckpt["state"])

@@ -1,0 +1,64 @@
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)  # tiny models: thread start-up costs more than it saves on a shared 2-core machine
+
+
+import json
+
+import pytest
+
+from helpers import SHARED_DATA
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "glue" / "SST-2" / "train.tsv").is_file():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def sst2_small(tmp_path_factory, shared_data) -> Path:
+    """The first 200 rows of the real GLUE SST-2 train and dev files (same format, parsed in a blink)."""
+    folder = tmp_path_factory.mktemp("sst2") / "SST-2"
+    folder.mkdir()
+    for name in ("train.tsv", "dev.tsv"):
+        lines = (shared_data / "glue" / "SST-2" / name).read_text().splitlines(keepends=True)
+        (folder / name).write_text("".join(lines[:201]))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def squad_dir(tmp_path_factory, shared_data) -> Path:
+    """SQuAD v1.1 files (train and dev) holding a few real paragraphs of the shared dev set."""
+    dev = json.loads((shared_data / "squad" / "dev-v1.1.json").read_text())
+    small = {"version": dev["version"],
+             "data": [{"title": a["title"], "paragraphs": a["paragraphs"][:2]} for a in dev["data"][:3]]}
+    folder = tmp_path_factory.mktemp("squad")
+    for name in ("train-v1.1.json", "dev-v1.1.json"):
+        (folder / name).write_text(json.dumps(small))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def kinds(shared_data, sst2_small, squad_dir) -> dict:
+    """One task of each kind: (task, data_dir, extra overrides)."""
+    return {
+        "classification": ("sst2", sst2_small, []),
+        "regression": ("stsb", FIXTURES, []),
+        "multiple_choice": ("copa", shared_data, ["train.protocol=mezo"]),
+        "generation": ("squad", squad_dir, ["train.protocol=mezo"]),
+    }

