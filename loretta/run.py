@@ -6,15 +6,26 @@ configs/ at the repository root; the work is done by `loretta.experiment.train`.
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    from loretta.experiment import train
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-    record = train(cfg)
+    from loretta.experiment import ConfigError, train
+
+    try:
+        record = train(cfg)
+    except ConfigError as e:
+        if HydraConfig.get().mode == RunMode.RUN:  # one run: the message alone; a sweep goes on to the next job
+            print(f"loretta-run: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        raise
     return record["metrics"].get(record["primary_metric"])  # what a Hydra sweeper would optimise
 
 

@@ -1,0 +1,81 @@
+"""The command line: --help, errors for unknown choices, a multirun of two methods, the paper's scripts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from helpers import ENV, REPO, TINY, cli, read_results
+
+
+def test_help_lists_the_choices():
+    proc = cli(["--help"], timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for line in ("model: ", "task: ", "method: ", "train: ", "experiment: "):
+        assert line in out
+    for choice in ("deberta-base", "llama2-70b", "minilm", "smollm2", "tiny-bert", "sst2", "squad", "movie_snippets",
+                   "loretta_adp", "loretta_rep", "ia3", "bitfit", "glue", "mezo", "table1_deberta"):
+        assert choice in out, choice
+
+
+def test_unknown_model_names_the_choices(tmp_path):
+    proc = cli(["model=gpt5", "task=sst2", f"output_root={tmp_path}"], timeout=120)
+    assert proc.returncode != 0
+    assert "gpt5" in proc.stderr and "tiny-bert" in proc.stderr and "deberta-base" in proc.stderr
+    assert not list(tmp_path.rglob("results.json"))
+
+
+def test_multirun_two_methods(tmp_path, kinds):
+    task, data_dir, _ = kinds["classification"]
+    proc = cli(["-m", "method=lora,loretta_adp", "model=tiny-bert", f"task={task}", f"task.data_dir={data_dir}",
+                *TINY, f"output_root={tmp_path}"], timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for method in ("lora", "loretta_adp"):
+        record = read_results(tmp_path / task / "tiny-bert" / method / "seed0")
+        assert record["status"] == "completed" and record["method"] == method
+    assert (tmp_path / "multirun.yaml").is_file()  # Hydra's sweep record, no timestamped folders
+    assert (tmp_path / task / "tiny-bert" / "lora" / "seed0" / ".hydra" / "config.yaml").is_file()
+
+
+def _dry(script: str, **variables) -> list[str]:
+    env = {k: v for k, v in ENV.items() if k not in ("MODEL", "TASK", "MODE", "EPOCH", "BS", "LR", "SEED", "RANK")}
+    proc = subprocess.run(["bash", f"scripts/{script}"], cwd=REPO, env={**env, "DRY_RUN": "1", **variables},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().splitlines()
+
+
+def test_bert_script_keeps_the_paper_interface():
+    sweep = _dry("run_all_bert_exp.sh")
+    assert [line.split("loretta.run ")[1] for line in sweep] == ["-m experiment=table1_deberta",
+                                                                "-m experiment=table1_roberta"]
+    [one] = _dry("run_all_bert_exp.sh", MODEL="microsoft/deberta-base", TASK="SST2", MODE="loretta_rep", EPOCH="3",
+                 BS="16", LR="5e-4", DEVICE="1", RANK="8")
+    assert one.split("loretta.run ")[1] == ("model=deberta-base task=sst2 method=loretta_rep train=glue train.epochs=3 "
+                                           "train.batch_size=16 seed=0 train.lr=5e-4 method.tensor_rank=8")
+    [multi] = _dry("run_all_bert_exp.sh", TASK="SST2,RTE", MODE="lora")
+    assert " -m " in multi and "task=sst2,rte" in multi and "model=deberta-base" in multi
+
+
+def test_large_script_keeps_the_paper_interface():
+    lines = _dry("run_all_large_exp.sh")
+    assert len(lines) == 7 + 4 + 2 and all(" -m " in line for line in lines)
+    assert "model=llama2-7b task=cb method=ft,adapters,lora,prefix,ia3,loretta_rep,loretta_adp" in lines[0]
+    [drop] = _dry("run_all_large_exp.sh", MODEL="meta-llama/Llama-2-13b-hf", TASK="DROP", MODE="lora", BS="8")
+    assert "model=llama2-13b task=drop method=lora train=mezo" in drop
+    assert "train.batch_size=1 train.grad_accum=8" in drop  # the paper script's DROP setting
+
+
+def test_bert_script_runs_the_app(tmp_path, kinds):
+    """The script really calls the Hydra app (a tiny run through it)."""
+    task, data_dir, _ = kinds["classification"]
+    env = {**ENV, "MODEL": "tiny-bert", "TASK": "SST2", "MODE": "bitfit", "EPOCH": "1", "BS": "4", "LR": "1e-3",
+           "PYTHON": os.environ.get("PYTHON_FOR_TESTS", __import__("sys").executable),
+           "DATA_DIR": str(data_dir), "OUT": str(tmp_path)}
+    proc = subprocess.run(["bash", "scripts/run_all_bert_exp.sh", "train.num_train=8", "train.num_dev=8",
+                           "train.num_test=8", "train.max_length=32", "logger.wandb=off", "train.progress_bar=false"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = read_results(tmp_path / "sst2" / "tiny-bert" / "bitfit" / "seed0")
+    assert record["config"]["train"]["epochs"] == 1 and record["lr"] == 1e-3

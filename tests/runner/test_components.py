@@ -1,0 +1,75 @@
+"""Pieces of the runner checked on their own: the encoder prefix, candidate scoring, the tiny tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import compose
+
+
+def _tiny(name: str, num_labels: int | None = 2):
+    from loretta.experiment import models
+
+    torch.manual_seed(0)
+    return models.load(compose([f"model={name}"]).model, num_labels=num_labels)
+
+
+def test_encoder_prefix_sees_through_padding_and_trains():
+    from loretta.experiment.prefix import add_encoder_prefix
+
+    loaded = _tiny("tiny-bert")
+    model, tok = loaded.model.eval(), loaded.tokenizer
+
+    def last_hidden(texts):  # (batch, tokens, hidden) of the encoder's last layer
+        return model(**tok(texts, padding=True, return_tensors="pt"), output_hidden_states=True).hidden_states[-1]
+
+    before = last_hidden(["a fine film"])
+    prefix = add_encoder_prefix(model, num_virtual_tokens=3, init_std=0.5)
+    alone = last_hidden(["a fine film"])
+    padded = last_hidden(["a fine film", "a much longer sentence than the first one"])[:1, :alone.shape[1]]
+    assert not torch.allclose(alone, before, atol=1e-3)  # the prefix is used
+    assert torch.allclose(alone, padded, atol=1e-5)  # padding stays masked, the prefix is not
+    model(**tok(["a fine film"], return_tensors="pt")).logits.sum().backward()
+    assert prefix.keys.grad is not None and prefix.keys.grad.abs().sum() > 0
+
+
+def test_encoder_prefix_refuses_unsupported_attention():
+    from loretta.experiment import ConfigError
+    from loretta.experiment.prefix import add_encoder_prefix
+
+    with pytest.raises(ConfigError, match="deberta.*bert, roberta"):
+        add_encoder_prefix(_tiny("tiny-deberta").model, 3, 0.02)
+
+
+def test_candidate_scores_are_mean_log_probabilities():
+    from loretta.experiment import data
+    from tasks import Example, get_task
+
+    loaded = _tiny("tiny-llama", None)
+    model, tok = loaded.model.eval(), loaded.tokenizer
+    spec = get_task("sst2")
+    examples = [Example(fields={"sentence": "a gripping, funny film"}, label=1),
+                Example(fields={"sentence": "dull"}, label=0)]
+    features = data.encode_candidates(spec, examples, tok, max_length=64)
+    batch = data.collate_candidates(features, tok)
+    with torch.no_grad():
+        scores = data.candidate_scores(model, batch)
+        for i, f in enumerate(features):
+            for j, (ids, start) in enumerate(zip(f["seqs"], f["starts"])):
+                logp = model(input_ids=torch.tensor([ids])).logits[0, :-1].log_softmax(-1)
+                token_logp = logp[torch.arange(start - 1, len(ids) - 1), torch.tensor(ids[start:])]
+                assert torch.allclose(scores[i, j], token_logp.mean(), atol=1e-5)
+    assert scores.shape == (2, 2)
+    prompt = spec.prompt(examples[0])
+    assert tok.decode(features[0]["seqs"][1][features[0]["starts"][1]:]) == prompt.candidates[1]
+
+
+def test_byte_tokenizer_round_trips():
+    from loretta.experiment.models import byte_tokenizer
+
+    tok = byte_tokenizer()
+    text = "Ünïcödé answer: 42 —\n"
+    ids = tok(text)["input_ids"]
+    assert ids[0] == tok.bos_token_id and len(ids) == 1 + len(text.encode())
+    assert tok.decode(ids, skip_special_tokens=True) == text
