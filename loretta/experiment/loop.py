@@ -164,7 +164,8 @@ def train(cfg) -> dict:
     if main:
         print(f"[loretta] {run_name}: {num_trainable:,} trainable of {num_total:,} parameters; "
               f"{len(train_set)} train / {len(dev_loss_set)} dev / {len(eval_sets[t.eval_split])} "
-              f"{t.eval_split} examples; {total_steps} steps, lr {lr:g}", flush=True)
+              f"{t.eval_split} examples; {total_steps} steps, lr {lr:g}; {accelerator.num_processes} x "
+              f"{accelerator.device}, {t.precision}", flush=True)
 
     def evaluate(split: str, metrics: bool = True, loss: bool = True) -> dict:
         """Scores on a split: the task's metrics from predictions, and the training loss."""
@@ -237,7 +238,7 @@ def train(cfg) -> dict:
                         f"Try a lower train.lr (now {lr:g}), train.precision=fp32 or train.max_grad_norm>0.")
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and t.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(trainable, t.max_grad_norm)
+                    accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)  # frozen ones have no grad
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             state.consumed += per_step

@@ -79,3 +79,36 @@ def test_bert_script_runs_the_app(tmp_path, kinds):
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = read_results(tmp_path / "sst2" / "tiny-bert" / "bitfit" / "seed0")
     assert record["config"]["train"]["epochs"] == 1 and record["lr"] == 1e-3
+
+
+def test_two_processes(tmp_path, kinds):
+    """The distributed path (what `accelerate launch` runs): 2 CPU processes with gloo, an odd number of
+    evaluation examples gathered across them, one results.json written by the main process."""
+    import sys
+    from pathlib import Path
+
+    task, data_dir, extra = kinds["generation"]
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "loretta.run", "model=tiny-llama",
+                           f"task={task}", "method=lora", f"task.data_dir={data_dir}", *extra, *TINY,
+                           "train.num_dev=7", "train.num_test=7", "train.eval_batch_size=2", f"output_root={tmp_path}"],
+                          cwd=REPO, env={**ENV, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 x cpu" in proc.stdout
+    record = read_results(tmp_path / task / "tiny-llama" / "lora" / "seed0")
+    assert record["num_eval_examples"] == 7 and "f1" in record["metrics"]
+
+
+def test_bad_value_on_the_command_line(tmp_path):
+    proc = cli(["model=tiny-bert", "train.precision=fp8", f"output_root={tmp_path}"], timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == "loretta-run: error: train.precision='fp8' is not one of fp32, bf16, fp16"
+
+
+def test_library_import_stays_light():
+    """`import loretta` must not pull in the runner's dependencies."""
+    code = ("import sys, loretta; bad = [m for m in ('hydra', 'wandb', 'datasets', 'tasks', "
+            "'loretta.experiment') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([__import__("sys").executable, "-c", code], cwd=REPO, env=ENV, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -73,3 +73,20 @@ def test_byte_tokenizer_round_trips():
     ids = tok(text)["input_ids"]
     assert ids[0] == tok.bos_token_id and len(ids) == 1 + len(text.encode())
     assert tok.decode(ids, skip_special_tokens=True) == text
+
+
+def test_wandb_mode(monkeypatch):
+    from loretta.experiment import ConfigError
+    from loretta.experiment.logging import resolve_mode
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", "/nonexistent")
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert resolve_mode("on") == "off"  # the environment wins (the tests run like this)
+    monkeypatch.delenv("WANDB_MODE")
+    assert resolve_mode(True) == "offline"  # on, but no key: offline
+    assert resolve_mode("offline") == "offline" and resolve_mode("off") == resolve_mode(False) == "off"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert resolve_mode("on") == "online"
+    with pytest.raises(ConfigError, match="maybe.*on, offline, off"):
+        resolve_mode("maybe")
