@@ -286,7 +286,9 @@ def plot(agg, paper, path: Path) -> None:
             ax.scatter(params, score, marker=markers.get(method, "o"), s=60, label=f"{name(method)} (ours)")
             ax.annotate(name(method), (params, score), textcoords="offset points", xytext=(4, 4), fontsize=7)
         table = {"deberta-base": "table1", "roberta-base": "table1", "llama2-7b": "table2"}.get(model)
+        title = MODEL_NAMES.get(model, model)
         if table:
+            title += " (hollow: the paper)"
             for method in sorted({k[2] for k in paper if k[0] == table and k[1] == model and k[3] == ""}):
                 scores = [v for k, v in paper.items() if k[:4] == (table, model, method, "") and k[4] != "params"]
                 ax.scatter(paper[(table, model, method, "", "params")] * 1e6, sum(scores) / len(scores),
@@ -294,7 +296,7 @@ def plot(agg, paper, path: Path) -> None:
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters")
         ax.set_ylabel("average score (%)")
-        ax.set_title(f"{MODEL_NAMES.get(model, model)} (hollow: paper)", fontsize=10)
+        ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from helpers import ENV, REPO, TINY, cli, read_results
+from .helpers import ENV, REPO, TINY, cli, read_results
 
 
 def test_help_lists_the_choices():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import compose
+from .helpers import compose
 
 
 def _tiny(name: str, num_labels: int | None = 2):

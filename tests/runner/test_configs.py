@@ -8,7 +8,7 @@ import re
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from helpers import CONFIGS, compose, run
+from .helpers import CONFIGS, compose, run
 
 PAPER_MODELS = {"deberta-base", "roberta-base", "roberta-large", "opt-1.3b", "opt-2.7b", "opt-6.7b", "llama2-7b",
                 "llama2-13b", "llama2-70b", "minilm", "mpnet", "smollm2"}

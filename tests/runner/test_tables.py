@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from helpers import ENV, REPO
+from .helpers import ENV, REPO
 
 
 def fake_run(root, model, method, task, seed, score, params, variant="", metric="accuracy", status="completed"):

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from helpers import read_results, run
+from .helpers import read_results, run
 
 METHODS = ["lora", "ia3", "prompt", "prefix", "bitfit", "ft", "adapters", "loretta_adp", "loretta_rep"]
 REQUIRED = {"task", "model", "method", "seed", "status", "metrics", "primary_metric", "best_step", "trainable_params",
