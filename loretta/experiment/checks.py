@@ -63,6 +63,9 @@ def validate(cfg) -> None:
         raise ConfigError(f"task.data_dir={cfg.task.data_dir!r} is not a directory (resolved from "
                           f"{Path.cwd()}); give the folder of the task's original-format files, or drop "
                           f"task.data_dir to use the Hub")
+    if str(cfg.model.dtype) in ("bfloat16", "float16") and t.precision == "fp32":
+        raise ConfigError(f"model.dtype={cfg.model.dtype} needs mixed precision: set train.precision=bf16 "
+                          f"(or fp16), or model.dtype=float32 to train in fp32")
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise ConfigError(f"seed={cfg.seed!r} must be an integer")
 

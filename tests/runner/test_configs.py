@@ -94,6 +94,7 @@ def test_unknown_key_is_refused():
     ("train.select_by=luck", ["luck", "metric", "loss"]),
     ("train.batch_size=0", ["train.batch_size", "0"]),
     ("task.data_dir=/no/such/folder", ["/no/such/folder", "not a directory"]),
+    ("model.dtype=bfloat16", ["model.dtype=bfloat16", "train.precision=bf16"]),
 ])
 def test_bad_values_name_the_choices(override, words, tmp_path):
     from loretta.experiment import ConfigError

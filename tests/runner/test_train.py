@@ -126,3 +126,12 @@ def test_minilm_learns_on_real_sst2(shared_data, tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "sst2" / "minilm" / "lora" / "seed0" / "metrics.jsonl").open()]
     train_losses = [line["train/loss"] for line in lines if "train/loss" in line]
     assert len(train_losses) == 4 and train_losses[-1] < train_losses[0], train_losses
+
+
+@pytest.mark.parametrize("method", ["loretta_adp", "loretta_rep", "lora"])
+def test_bf16_weights_like_the_large_models(method, kinds, tmp_path):
+    """The LLaMA presets' setting: frozen weights in bf16, trainable ones in fp32, bf16 autocast."""
+    task, data_dir, extra = kinds["multiple_choice"]
+    record = run(["model=tiny-llama", f"task={task}", f"method={method}", f"task.data_dir={data_dir}", *extra,
+                  "model.dtype=bfloat16", "train.precision=bf16"], tmp_path)
+    assert record["status"] == "completed" and math.isfinite(record["metrics"]["loss"])
