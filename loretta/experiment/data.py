@@ -14,7 +14,7 @@ training loss and predicts:
                  decoding that stops at a newline (SQuAD, DROP).
 
 Features are plain dicts of lists; `collate_*` pads them into tensors. Decoder contexts that are too
-long are first shortened by the task (`spec.fit_prompt`, which keeps the answer in view), then
+long are first shortened by the task (`spec.fit_prompt`, which keeps the answer in view for training only), then
 truncated from the left.
 """
 
@@ -32,7 +32,7 @@ from .checks import ConfigError
 @dataclass(frozen=True)
 class Recipe:
     name: str
-    encode_train: Callable  # (spec, examples, tokenizer, max_length) -> features for the loss
+    encode_train: Callable  # (spec, examples, tokenizer, max_length, keep_answer) -> features for the loss
     collate_train: Callable  # (features, tokenizer) -> batch
     loss: Callable  # (model, batch) -> scalar tensor
     encode_eval: Callable  # (spec, examples, tokenizer, max_length) -> features for predictions
@@ -59,7 +59,7 @@ def recipe_for(family: str, spec, objective: str = "auto") -> Recipe:
 # -- encoder -------------------------------------------------------------------------------------
 
 
-def encode_encoder(spec, examples, tokenizer, max_length):
+def encode_encoder(spec, examples, tokenizer, max_length, keep_answer=False):
     pairs = [spec.encoder_inputs(ex) for ex in examples]
     first = [a for a, _ in pairs]
     second = [b for _, b in pairs]
@@ -95,9 +95,11 @@ def predict_encoder(model, batch, ctx):
 # -- decoder: prompts ----------------------------------------------------------------------------
 
 
-def _prompts(spec, examples, tokenizer, max_length):
+def _prompts(spec, examples, tokenizer, max_length, keep_answer):
+    """Prompts cut to fit. Only training may keep the gold answer in the kept window: choosing the window
+    by the answer when evaluating would leak it (SQuAD, DROP, ReCoRD contexts)."""
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
-    return [spec.fit_prompt(ex, max_length, count_tokens=count) for ex in examples]
+    return [spec.fit_prompt(ex, max_length, count_tokens=count, keep_answer=keep_answer) for ex in examples]
 
 
 def _ids(tokenizer, text, special: bool):
@@ -112,10 +114,10 @@ def _join(context_ids, continuation_ids, max_length):
     return ids, len(context_ids)
 
 
-def encode_candidates(spec, examples, tokenizer, max_length):
+def encode_candidates(spec, examples, tokenizer, max_length, keep_answer=False):
     """One feature per example: its candidate sequences and where each continuation starts."""
     features = []
-    for ex, p in zip(examples, _prompts(spec, examples, tokenizer, max_length)):
+    for ex, p in zip(examples, _prompts(spec, examples, tokenizer, max_length, keep_answer)):
         context = _ids(tokenizer, p.context, True)
         seqs, starts = [], []
         for cand in p.candidates:
@@ -180,10 +182,10 @@ def predict_candidates(model, batch, ctx):
 # -- decoder: LM loss on the answer, greedy generation -------------------------------------------
 
 
-def encode_lm(spec, examples, tokenizer, max_length):
+def encode_lm(spec, examples, tokenizer, max_length, keep_answer=False):
     """context + target (the gold candidate, or " answer\\n"), labels only on the target's tokens."""
     features = []
-    for p in _prompts(spec, examples, tokenizer, max_length):
+    for p in _prompts(spec, examples, tokenizer, max_length, keep_answer):
         if p.target is None:
             continue  # no gold to learn from
         ids, start = _join(_ids(tokenizer, p.context, True), _ids(tokenizer, p.target, False), max_length)
@@ -204,9 +206,9 @@ def loss_lm(model, batch):
     return model(**batch).loss
 
 
-def encode_generate(spec, examples, tokenizer, max_length):
+def encode_generate(spec, examples, tokenizer, max_length, keep_answer=False):
     return [{"input_ids": _join(_ids(tokenizer, p.context, True), [], max_length)[0]}
-            for p in _prompts(spec, examples, tokenizer, max_length)]
+            for p in _prompts(spec, examples, tokenizer, max_length, keep_answer)]
 
 
 def collate_generate(features, tokenizer):

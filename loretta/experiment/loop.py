@@ -116,7 +116,7 @@ def train(cfg) -> dict:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     # 3. features, optimizer, schedule ------------------------------------------------------
-    encode = lambda fn, split: fn(spec, splits[split], tokenizer, t.max_length)  # noqa: E731
+    encode = lambda fn, split: fn(spec, splits[split], tokenizer, t.max_length, keep_answer=split == "train")  # noqa: E731
     train_set = encode(recipe.encode_train, "train")
     dev_loss_set = encode(recipe.encode_train, "dev")
     eval_sets = {s: encode(recipe.encode_eval, s) for s in {"dev", t.eval_split}}

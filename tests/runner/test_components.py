@@ -90,3 +90,23 @@ def test_wandb_mode(monkeypatch):
     assert resolve_mode("on") == "online"
     with pytest.raises(ConfigError, match="maybe.*on, offline, off"):
         resolve_mode("maybe")
+
+
+def test_only_training_prompts_keep_the_answer_in_a_cut_context():
+    """Choosing the kept window of a long SQuAD context by the gold answer is fine for training, a leak
+    for evaluation: eval features must not depend on where the answer is."""
+    from loretta.experiment import data
+    from tasks import Example, get_task
+
+    tok = _tiny("tiny-llama", None).tokenizer
+    spec = get_task("squad")
+    filler = " ".join(f"word{i}" for i in range(400))
+    ex = Example(fields={"title": "T", "context": filler + " The answer is zebracorn.", "question": "What is it?"},
+                 answers=["zebracorn"])
+    decode = lambda ids: tok.decode(ids)  # noqa: E731
+    train = data.encode_lm(spec, [ex], tok, max_length=200, keep_answer=True)[0]
+    evaluated = data.encode_generate(spec, [ex], tok, max_length=200)[0]
+    assert "zebracorn" in decode(train["input_ids"])  # training keeps the window around the answer
+    assert "zebracorn" not in decode(evaluated["input_ids"])  # evaluation does not look at the answer
+    leaky = data.encode_generate(spec, [ex], tok, max_length=200, keep_answer=True)[0]
+    assert "zebracorn" in decode(leaky["input_ids"])  # (what the loop must not do)
