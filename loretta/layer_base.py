@@ -29,10 +29,12 @@ class LorettaLayerBase(nn.Module, BaseTunerLayer):
     def _adapter_device(self) -> torch.device:
         return self.get_base_layer().weight.device
 
-    def make_tt(self, in_features: int, out_features: int, config, bias: bool, init: str) -> TTLinear:
+    def make_tt(self, in_features: int, out_features: int, config, bias: bool, init: str,
+                subtract_initial: bool = True) -> TTLinear:
         shape = resolve_tt_shape(in_features, out_features, config.tt_shapes)
         return TTLinear(
-            in_features, out_features, shape, config.tensor_rank, bias=bias, init=init, device=self._adapter_device()
+            in_features, out_features, shape, config.tensor_rank, bias=bias, init=init, device=self._adapter_device(),
+            subtract_initial=subtract_initial,
         )
 
     def _finish_update(self, adapter_name: str) -> None:

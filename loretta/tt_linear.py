@@ -17,7 +17,11 @@ from torch import nn
 
 from .tt_shapes import validate_tt_shape
 
-INIT_METHODS = ("identity", "gaussian")
+# "noise_reduction": Gaussian cores, minus the frozen initial product (output unchanged at step 0,
+#                    every core receives gradient from the first step: the paper's stated method)
+# "identity":        the last core of the output-side factor is zero (output unchanged at step 0)
+# "gaussian":        the released code's Gaussian cores (output changes at step 0)
+INIT_METHODS = ("noise_reduction", "identity", "gaussian")
 
 
 def _chain(cores) -> torch.Tensor:
@@ -61,13 +65,40 @@ def boundary_split(shape, in_features: int) -> int | None:
     return None
 
 
+class FrozenCores(nn.Module):
+    """Copies of the initial TT cores as (saved) buffers, and their product, cached."""
+
+    def __init__(self, cores):
+        super().__init__()
+        for i, core in enumerate(cores):
+            self.register_buffer(str(i), core.detach().clone())
+        self._cache_key = None
+        self._cache = None
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [getattr(self, str(i)) for i in range(len(self._buffers))]
+
+    def matrix(self, in_features: int, out_features: int, split) -> torch.Tensor:
+        cores = self.tensors()
+        # rebuilt only when the buffers change (loading, moving to another device)
+        key = tuple((c.data_ptr(), c._version, c.device) for c in cores)
+        if key != self._cache_key:
+            with torch.no_grad():
+                self._cache = tt_to_matrix(cores, in_features, out_features, split)
+            self._cache_key = key
+        return self._cache
+
+
 class TTLinear(nn.Module):
     """y = x @ W + b with W stored as TT cores of rank `rank`.
 
     init="gaussian" follows the released code: each core ~ N(0, 1) / sqrt(r_i) * s^(1/d), so that
     W has entries of std s = sqrt(1 / (in + out)). init="identity" makes the last core zero, so W = 0
-    at step 0 (the layer adds nothing until trained; the gradient reaches that core first, as with
-    LoRA's zero B).
+    at step 0 (the gradient reaches that core first, as with LoRA's zero B). init="noise_reduction"
+    keeps the Gaussian cores and a frozen copy of them (`initial_cores`); with
+    subtract_initial=True, W = TT(cores) - TT(initial cores), which is 0 at step 0 while every core
+    gets gradient from the first step. (LoRETTA_rep removes the initial product A0 @ B0 instead, so it
+    keeps the copies without subtracting them here.)
     """
 
     def __init__(
@@ -80,6 +111,7 @@ class TTLinear(nn.Module):
         init: str = "gaussian",
         dtype: torch.dtype = torch.float32,
         device=None,
+        subtract_initial: bool = True,
     ):
         super().__init__()
         if not isinstance(rank, int) or rank < 1:
@@ -99,6 +131,8 @@ class TTLinear(nn.Module):
             for i, k in enumerate(shape)
         )
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
+        self.initial_cores = FrozenCores(self.cores) if init == "noise_reduction" else None
+        self.subtract_initial = subtract_initial
         self.reset_parameters(init)
 
     @torch.no_grad()
@@ -111,12 +145,26 @@ class TTLinear(nn.Module):
             core.normal_(0.0, 1.0).mul_(per_core / math.sqrt(core.shape[-1]))
         if init == "identity":
             self.cores[-1].zero_()
+        if self.initial_cores is not None:
+            for frozen, core in zip(self.initial_cores.tensors(), self.cores):
+                frozen.copy_(core)
         if self.bias is not None:
             self.bias.zero_()
 
-    def weight_matrix(self) -> torch.Tensor:
-        """The dense (in x out) matrix, in the cores' dtype."""
+    def raw_matrix(self) -> torch.Tensor:
+        """TT(cores) as an (in x out) matrix, in the cores' dtype."""
         return tt_to_matrix(list(self.cores), self.in_features, self.out_features, self.split)
+
+    def initial_matrix(self) -> torch.Tensor:
+        """TT(initial cores) (noise_reduction only), cached."""
+        return self.initial_cores.matrix(self.in_features, self.out_features, self.split)
+
+    def weight_matrix(self) -> torch.Tensor:
+        """The effective dense (in x out) matrix, in the cores' dtype."""
+        weight = self.raw_matrix()
+        if self.initial_cores is not None and self.subtract_initial:
+            weight = weight - self.initial_matrix()
+        return weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight_matrix().to(x.dtype)

@@ -58,7 +58,7 @@ class LorettaAdpLayer(LorettaLayerBase):
             with torch.no_grad():
                 nn.init.zeros_(down.bias)
                 nn.init.zeros_(up.bias)
-                if init == "identity":
+                if init in ("identity", "noise_reduction"):  # dense: subtracting the initial matrix = zero init
                     nn.init.zeros_(up.weight)
                 else:
                     nn.init.normal_(up.weight, std=(1.0 / (dim + bottleneck)) ** 0.5)

@@ -23,9 +23,15 @@ class LorettaRepLayer(LorettaLayerBase):
         self.update_layer(adapter_name, config)
 
     def update_layer(self, adapter_name: str, config) -> None:
-        self.loretta_rep_A[adapter_name] = self.make_tt(self.in_features, config.r, config, bias=False, init="gaussian")
+        # noise_reduction removes the initial product A0 @ B0 (not each factor's: zeroing both factors
+        # would leave no gradient at all), so both factors keep their initial cores unsubtracted.
+        noise_reduction = config.init_method == "noise_reduction"
+        self.loretta_rep_A[adapter_name] = self.make_tt(
+            self.in_features, config.r, config, bias=False, init="noise_reduction" if noise_reduction else "gaussian",
+            subtract_initial=False,
+        )
         self.loretta_rep_B[adapter_name] = self.make_tt(
-            config.r, self.out_features, config, bias=False, init=config.init_method
+            config.r, self.out_features, config, bias=False, init=config.init_method, subtract_initial=False
         )
         self.loretta_rep_dropout[adapter_name] = (
             nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
@@ -46,16 +52,27 @@ class LorettaRepLayer(LorettaLayerBase):
         if self.merged:
             return out
         for name in self._active():
-            a, b = self.loretta_rep_A[name], self.loretta_rep_B[name]
-            out = out + b(a(self.loretta_rep_dropout[name](x))) * self.scaling[name]
+            a, b = self._factors(name)
+            h = self.loretta_rep_dropout[name](x)
+            out = out + (h @ a.to(x.dtype)) @ b.to(x.dtype) * self.scaling[name]
         return out
+
+    def _factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(in x k) and (k x out) matrices whose product is the update before scaling. With
+        noise_reduction, [A | A0] @ [B ; -B0] = A @ B - A0 @ B0: one pair of matmuls of width 2r."""
+        a_layer, b_layer = self.loretta_rep_A[name], self.loretta_rep_B[name]
+        a, b = a_layer.weight_matrix(), b_layer.weight_matrix()
+        if b_layer.initial_cores is not None:
+            a = torch.cat([a, a_layer.initial_matrix()], dim=1)
+            b = torch.cat([b, -b_layer.initial_matrix()], dim=0)
+        return a, b
 
     # merging
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
         """The update in the base layer's weight layout (out x in for Linear, in x out for Conv1D)."""
-        delta = self.loretta_rep_A[adapter_name].weight_matrix() @ self.loretta_rep_B[adapter_name].weight_matrix()
-        delta = delta * self.scaling[adapter_name]
+        a, b = self._factors(adapter_name)
+        delta = (a @ b) * self.scaling[adapter_name]
         return delta if isinstance(self.get_base_layer(), Conv1D) else delta.t()
 
     def merge(self, safe_merge: bool = False, adapter_names=None) -> None:

@@ -72,3 +72,17 @@ def test_bad_rank_is_named(rank):
 def test_wrong_shape_product_is_named():
     with pytest.raises(ValueError, match=r"\[4, 4, 4\].*16x8"):
         TTLinear(16, 8, (4, 4, 4), rank=2)
+
+
+def test_noise_reduction_starts_at_zero_and_round_trips_its_initial_cores():
+    layer = TTLinear(768, 64, (8, 8, 12, 8, 8), rank=5, init="noise_reduction")
+    assert torch.count_nonzero(layer.weight_matrix()) == 0
+    assert all(torch.count_nonzero(c) > 0 for c in layer.cores)
+    with torch.no_grad():
+        layer.cores[2].add_(0.1)
+    x = torch.randn(3, 768)
+    other = TTLinear(768, 64, (8, 8, 12, 8, 8), rank=5, init="noise_reduction")
+    other(x)  # fills its cache, which loading must invalidate
+    other.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(other(x), layer(x))
+    assert any("initial_cores" in k for k in layer.state_dict())

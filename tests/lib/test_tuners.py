@@ -108,11 +108,12 @@ def test_adapter_counts_and_sides_per_family():
 
 @pytest.mark.parametrize("family", DECODERS)
 @pytest.mark.parametrize("method", ["adp", "rep"])
-def test_identity_init_leaves_output_unchanged_and_gaussian_does_not(family, method):
+@pytest.mark.parametrize("init", ["identity", "noise_reduction"])
+def test_output_preserving_inits_leave_output_unchanged_and_gaussian_does_not(family, method, init):
     base = tiny_model(family, task="CAUSAL_LM")
     batch = tiny_batch(base)
     before = _logits(base, batch)
-    model = get_peft_model(base, METHODS[method]("CAUSAL_LM", init_method="identity"))
+    model = get_peft_model(base, METHODS[method]("CAUSAL_LM", init_method=init))
     torch.testing.assert_close(_logits(model, batch), before)
     model = get_peft_model(tiny_model(family, task="CAUSAL_LM"), METHODS[method]("CAUSAL_LM", init_method="gaussian"))
     assert not torch.allclose(_logits(model, batch), before)
@@ -128,9 +129,10 @@ def test_identity_init_unchanged_for_encoders_with_a_dense_head():
 
 @pytest.mark.parametrize("family", ["bert", "roberta", "deberta", "llama", "gpt2"])
 @pytest.mark.parametrize("method", ["adp", "rep"])
-def test_save_and_load_round_trip_everything_trained(tmp_path, family, method):
+@pytest.mark.parametrize("init", ["noise_reduction", "identity"])
+def test_save_and_load_round_trip_everything_trained(tmp_path, family, method, init):
     task = _task(family)
-    model = get_peft_model(tiny_model(family, task=task), METHODS[method](task))
+    model = get_peft_model(tiny_model(family, task=task), METHODS[method](task, init_method=init))
     _perturb_adapters(model)
     batch = tiny_batch(model)
     expected = _logits(model, batch)
@@ -189,9 +191,10 @@ def test_several_named_adapters(method):
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "roberta", "deberta", "bert"])
-def test_rep_merge_unmerge_and_merge_and_unload(family):
+@pytest.mark.parametrize("init", ["noise_reduction", "identity", "gaussian"])
+def test_rep_merge_unmerge_and_merge_and_unload(family, init):
     task = _task(family)
-    model = get_peft_model(tiny_model(family, task=task), METHODS["rep"](task))
+    model = get_peft_model(tiny_model(family, task=task), METHODS["rep"](task, init_method=init))
     _perturb_adapters(model)
     batch = tiny_batch(model)
     unmerged = _logits(model, batch)
@@ -277,7 +280,7 @@ def test_user_targets_on_an_unknown_family_and_errors_listing_linear_layers():
         (lambda: LorettaAdpConfig(tensor_rank=0), "tensor_rank must be a positive integer, got 0"),
         (lambda: LorettaRepConfig(r=0), "r must be a positive integer, got 0"),
         (lambda: LorettaAdpConfig(non_linearity="relux"), "non_linearity 'relux' is not one of"),
-        (lambda: LorettaAdpConfig(init_method="zeros"), r"init_method 'zeros' is not one of \['identity', 'gaussian'\]"),
+        (lambda: LorettaAdpConfig(init_method="zeros"), r"init_method 'zeros' is not one of \['noise_reduction', 'identity', 'gaussian'\]"),
         (lambda: LorettaAdpConfig(bias="lora_only"), "bias 'lora_only' is not one of"),
         (lambda: LorettaAdpConfig(adapter_dropout=1.5), "adapter_dropout must be in"),
         (lambda: LorettaAdpConfig(tt_shapes={"768x64": [8, 8]}), r"product 64.*768x64"),
@@ -297,3 +300,18 @@ def test_explicit_tt_shape_is_used():
     assert layer.loretta_adp_down["default"].shape == (2, 2, 2, 2, 2, 2, 8)
     assert layer.loretta_adp_up["default"].shape == tuple(
         __import__("loretta").default_tt_shape(8, 64))
+
+
+@pytest.mark.parametrize("method", ["adp", "rep"])
+def test_noise_reduction_sends_gradient_to_every_output_side_core_at_step_0(method):
+    """The zero-core init only trains its zero core at first; noise reduction trains all of them."""
+    def grads(init):
+        model = get_peft_model(tiny_model("llama", task="CAUSAL_LM"), METHODS[method]("CAUSAL_LM", init_method=init))
+        batch = tiny_batch(model)
+        model(**batch, labels=batch["input_ids"]).loss.backward()
+        key = "loretta_adp_up" if method == "adp" else "loretta_rep_B"
+        return [p.grad.abs().sum().item() for n, p in model.named_parameters() if key in n and "cores" in n]
+
+    zero_core = grads("identity")
+    assert any(g == 0 for g in zero_core)
+    assert all(g > 0 for g in grads("noise_reduction"))
