@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -88,9 +87,3 @@ def unknown_family_error(model_type: str | None, model: nn.Module, what: str) ->
         f"LoRETTA has no default {what} for model_type {model_type!r} (known: {sorted(FAMILY_PRESETS)}); "
         f"pass target_modules=[...]. This model's linear layers: {linear_layer_names(model)}"
     )
-
-
-def first_param_dtype(module: nn.Module) -> torch.dtype:
-    for p in module.parameters():
-        return p.dtype
-    return torch.float32

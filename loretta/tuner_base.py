@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import re
 
-import torch
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
-from .presets import linear_features, linear_layer_names, name_matches, norm_module_names, preset_for
+from .presets import FAMILY_PRESETS, linear_features, linear_layer_names, name_matches, norm_module_names, preset_for
 from .tt_linear import TTLinear
 from .tt_shapes import resolve_tt_shape
 
@@ -51,7 +50,7 @@ class LorettaTunerBase(BaseTuner):
             if preset is None:
                 raise ValueError(
                     f"{type(self).__name__}: no default target modules for model_type {model_type!r}; known families: "
-                    f"{sorted(_known_families())}. Pass target_modules=[...] chosen from this model's linear layers: "
+                    f"{sorted(FAMILY_PRESETS)}. Pass target_modules=[...] chosen from this model's linear layers: "
                     f"{linear_layer_names(model)}"
                 )
             self._default_targets(preset, peft_config)
@@ -132,16 +131,3 @@ class LorettaTunerBase(BaseTuner):
 
     def _update_existing(self, target, adapter_name, peft_config, current_key) -> None:
         raise NotImplementedError
-
-
-def _known_families():
-    from .presets import FAMILY_PRESETS
-
-    return FAMILY_PRESETS
-
-
-def count_trainable(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-__all__ = ["LorettaTunerBase", "count_trainable", "torch"]

@@ -51,7 +51,7 @@ def comparison(records: list[dict], task: str) -> str:
         by[(r["method"], init, r["lr"])].append(r)
     lrs = sorted({lr for (_, _, lr) in by})
     rows = sorted({(m, i) for (m, i, _) in by}, key=lambda k: (ORDER.index(k[0]) if k[0] in ORDER else 99, str(k[1])))
-    lines = [f"| method | init | trainable params | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | best | minutes per run |",
+    lines = ["| method | init | trainable params | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | best | minutes per run |",
              "|---|---|---:|" + "---:|" * len(lrs) + "---:|---:|"]
     for method, init in rows:
         cells, best, minutes, params = [], None, [], None
