@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 from .registry import get_task
-from .sampling import glue_protocol, mezo_protocol
+from .sampling import SPLIT_SEED, glue_protocol, mezo_protocol, permuted
 from .spec import Example, TaskSpec
 
 SPLITS = ("train", "validation")
@@ -86,15 +86,38 @@ def load_split(task: TaskSpec | str, split: str, data_dir: str | Path | None = N
     return load_disk(spec, split, data_dir)
 
 
+def carve_train_split(valid: list[Example], held_out: int, task: str = "task") -> dict[str, list[Example]]:
+    """Carve a train split out of the validation split, for data that ships only the latter
+    (BoolQ and SQuAD in ../shared/data): a permutation with the fixed seed SPLIT_SEED (the same for
+    every run seed, so that no seed trains on another seed's test examples) keeps its first
+    `held_out` examples as the validation split and gives the rest to train."""
+    if not isinstance(held_out, int) or isinstance(held_out, bool) or not 0 < held_out < len(valid):
+        raise ValueError(f"{task}: split_validation must be an integer in 1..{len(valid) - 1} (the number of "
+                         f"validation examples held out for evaluation; the split has {len(valid)}), got {held_out!r}")
+    order = permuted(valid, SPLIT_SEED)
+    return {"train": order[held_out:], "validation": order[:held_out]}
+
+
 def load_splits(task: TaskSpec | str, protocol: str = "glue", data_dir: str | Path | None = None, seed: int = 0,
                 num_train: int | None = None, num_dev: int | None = None,
-                num_test: int | None = None) -> dict[str, list[Example]]:
-    """{"train", "dev", "test"} lists of examples under a protocol (see `tasks.sampling`)."""
+                num_test: int | None = None, split_validation: int | None = None) -> dict[str, list[Example]]:
+    """{"train", "dev", "test"} lists of examples under a protocol (see `tasks.sampling`).
+
+    `split_validation=N`: the task's train split is not read; the validation split is divided by
+    `split_validation` (N held-out examples, the rest for training) before the protocol samples."""
     spec = _spec(task)
     if protocol not in ("glue", "mezo"):
         raise ValueError(f"protocol must be 'glue' or 'mezo', got {protocol!r}")
-    train = load_split(spec, "train", data_dir)
     valid = load_split(spec, "validation", data_dir)
+    if split_validation is not None:
+        pools = carve_train_split(valid, split_validation, spec.name)
+        train, valid = pools["train"], pools["validation"]
+    else:
+        try:
+            train = load_split(spec, "train", data_dir)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{err}. To train on part of the validation split instead, pass "
+                                    f"split_validation=N (N examples held out for evaluation)") from err
     if protocol == "glue":
         return glue_protocol(train, valid, seed, num_train, num_dev, num_test)
     return mezo_protocol(train, valid, seed, num_train, num_dev, num_test, default_num_dev=spec.mezo_num_dev)

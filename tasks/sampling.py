@@ -23,6 +23,7 @@ T = TypeVar("T")
 
 MEZO_NUM_TRAIN = 1000
 MEZO_NUM_TEST = 1000
+SPLIT_SEED = 0  # tasks.loading.split_validation: one fixed train/held-out division for every run seed
 
 
 def permuted(items: Sequence[T], seed: int, num: int | None = None) -> list[T]:

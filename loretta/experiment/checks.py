@@ -59,6 +59,8 @@ def validate(cfg) -> None:
     for name in ("num_train", "num_dev", "num_test"):
         if t[name] is not None:
             at_least(f"train.{name}", t[name], 1)
+    if cfg.task.get("split_validation") is not None:
+        at_least("task.split_validation", cfg.task.split_validation, 1)
     if cfg.task.data_dir is not None and not Path(str(cfg.task.data_dir)).expanduser().is_dir():
         raise ConfigError(f"task.data_dir={cfg.task.data_dir!r} is not a directory (resolved from "
                           f"{Path.cwd()}); give the folder of the task's original-format files, or drop "

@@ -97,7 +97,8 @@ def train(cfg) -> dict:
     recipe = data.recipe_for(cfg.model.family, spec, cfg.task.objective)  # fails early on a bad pairing
     data_dir = str(Path(str(cfg.task.data_dir)).expanduser()) if cfg.task.data_dir is not None else None
     splits = load_splits(spec, protocol=t.protocol, data_dir=data_dir, seed=cfg.seed,
-                         num_train=t.num_train, num_dev=t.num_dev, num_test=t.num_test)
+                         num_train=t.num_train, num_dev=t.num_dev, num_test=t.num_test,
+                         split_validation=cfg.task.get("split_validation"))
     for split in ("train", "dev", t.eval_split):
         if not splits.get(split):
             raise ConfigError(f"task {spec.name!r} has no {split!r} examples under protocol {t.protocol!r}")

@@ -95,6 +95,7 @@ def test_unknown_key_is_refused():
     ("train.batch_size=0", ["train.batch_size", "0"]),
     ("task.data_dir=/no/such/folder", ["/no/such/folder", "not a directory"]),
     ("model.dtype=bfloat16", ["model.dtype=bfloat16", "train.precision=bf16"]),
+    ("task.split_validation=0", ["task.split_validation", "0"]),
 ])
 def test_bad_values_name_the_choices(override, words, tmp_path):
     from loretta.experiment import ConfigError
@@ -119,3 +120,11 @@ def test_task_without_encoder_form(tmp_path, kinds):
     task, data_dir, extra = kinds["generation"]
     with pytest.raises(ConfigError, match="decoder"):
         run(["model=tiny-bert", f"task={task}", f"task.data_dir={data_dir}", *extra], tmp_path)
+
+
+def test_boolq_trains_on_a_carved_part_of_its_validation_split(tmp_path, shared_data):
+    """../shared/data has no BoolQ train split: task.split_validation holds out part of validation."""
+    record = run(["model=tiny-llama", "task=boolq", f"task.data_dir={shared_data}", "train.protocol=mezo",
+                  "task.split_validation=3000"], tmp_path)
+    assert record["status"] == "completed" and record["config"]["task"]["split_validation"] == 3000
+    assert record["num_train_examples"] == 8 and record["num_eval_examples"] == 8

@@ -95,3 +95,33 @@ def test_real_prompts_render():
     boolq = load_split("boolq", "validation", DATA)[0]
     p = get_task("boolq").prompt(boolq)
     assert p.context.endswith(" Does ethanol take more energy make that produces?\n") and p.gold == 0
+
+
+def test_boolq_without_a_train_split_says_how_to_carve_one():
+    with pytest.raises(FileNotFoundError, match="split_validation=N"):
+        load_splits("boolq", protocol="mezo", data_dir=DATA)
+
+
+@pytest.mark.parametrize("task,held_out,size", [("boolq", 1_000, 3_270), ("squad", 1_000, 10_570)])
+def test_split_validation_trains_on_the_rest_of_the_validation_split(task, held_out, size):
+    runs = [load_splits(task, protocol="mezo", data_dir=DATA, seed=s, num_train=200, num_dev=50, num_test=300,
+                        split_validation=held_out) for s in (0, 1)]
+    everything = load_splits(task, protocol="mezo", data_dir=DATA, num_train=size - held_out - 1, num_dev=1,
+                             num_test=held_out, split_validation=held_out)
+    for splits in runs:
+        assert [len(splits[k]) for k in ("train", "dev", "test")] == [200, 50, 300]
+        train_ids = {e.id for e in splits["train"]} | {e.id for e in splits["dev"]}
+        assert not train_ids & {e.id for e in splits["test"]}
+    # the held-out pool is the same for every run seed: no seed trains on another seed's test examples
+    held = {e.id for e in everything["test"]}
+    assert len(held) == held_out
+    for splits in runs:
+        assert {e.id for e in splits["test"]} <= held
+        assert not ({e.id for e in splits["train"]} | {e.id for e in splits["dev"]}) & held
+    assert [e.id for e in runs[0]["train"]] != [e.id for e in runs[1]["train"]]
+
+
+@pytest.mark.parametrize("bad", [0, 3_270, -5, 2.5, True])
+def test_split_validation_rejects_bad_sizes(bad):
+    with pytest.raises(ValueError, match=r"split_validation must be an integer in 1\.\.3269.*got"):
+        load_splits("boolq", protocol="mezo", data_dir=DATA, split_validation=bad)
