@@ -1,22 +1,36 @@
-"""The README's evidence tables, from the committed run records (results/runs/**/results.json).
+"""The README's evidence tables (issue 5), from the committed run records (results/runs/**/results.json).
 
     python scripts/evidence_tables.py                 # Markdown to stdout
+    python scripts/evidence_tables.py --out results/tables/evidence.md
 
-Method comparison: every method's best dev score over the learning rates tried (the paper's protocol
-also reports the best validation score), with each lr's score beside it; ablations: LoRETTA variants.
-Scores are mean ± std over seeds when there are several.
+1. The learning-rate grid on SST-2 (every method, every lr tried; LoRETTA with each initialisation).
+2. The encoder comparison: every method at its best SST-2 learning rate (chosen from the grid's seed-0
+   runs, the rule the runs were launched with), on SST-2 / RTE / MRPC, mean ± std over seeds, beside
+   the paper's DeBERTa-base numbers (Table 1).
+3. LoRETTA ablations (rank, head, layer norms, TT shape), beside their baseline run.
+4. The decoder comparison (SmolLM2-135M, MeZO protocol), beside the paper's LLaMA-2-7B (Table 2).
+Scores are percentages; "(n)" is the number of seeds when it is more than one.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import os
 import statistics
+import sys
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 ORDER = ["ft", "adapters", "lora", "lora_r4", "bitfit", "ia3", "prefix", "loretta_adp", "loretta_rep"]
+ENCODER_TASKS = ["sst2", "rte", "mrpc"]
+ENCODER_EXPERIMENTS = ("evidence_glue", "evidence_ablation")
+PAPER_ENCODER_NAMES = {"adapters": "adapters_r8"}  # our dense adapters beside the paper's "Adapters"
 
 
 def load(root: Path) -> list[dict]:
@@ -28,70 +42,203 @@ def load(root: Path) -> list[dict]:
     return records
 
 
-def fmt(values: list[float]) -> str:
-    if not values:
-        return "—"
-    mean = 100 * statistics.mean(values)
-    return f"{mean:.1f}" if len(values) == 1 else f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}"
+def load_paper(path: Path) -> dict:
+    """(table, model, method, setting, task) -> score, and (..., "params") -> millions."""
+    paper = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            key = (row["table"], row["model"], row["method"], row["setting"])
+            paper[(*key, row["task"])] = float(row["score"])
+            paper[(*key, "params")] = float(row["params_m"])
+    return paper
+
+
+def default_init(method: str) -> str | None:
+    """The library's default initialisation, as the method config records it."""
+    path = REPO / "configs" / "method" / f"{method}.yaml"
+    return yaml.safe_load(path.read_text()).get("init_method") if path.is_file() else None
 
 
 def score(record: dict) -> float:
-    return record["metrics"][record["primary_metric"]]
+    return 100 * record["metrics"][record["primary_metric"]]
 
 
-def comparison(records: list[dict], task: str) -> str:
-    by = defaultdict(list)  # (method, variant-free lr, init) -> records
+def init_of(record: dict) -> str | None:
+    return record["config"]["method"].get("init_method")
+
+
+def fmt(values: list[float], digits: int = 1) -> str:
+    if not values:
+        return "—"
+    mean = statistics.mean(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f} ({len(values)})"
+
+
+def minutes(group: list[dict]) -> str:
+    return f"{statistics.mean(r['train_time_s'] for r in group) / 60:.1f}" if group else "—"
+
+
+def is_base_setting(record: dict) -> bool:
+    """A run of the method as configured (no ablation), whatever its initialisation and lr."""
+    if record.get("experiment") == "evidence_glue":
+        return True
+    variant = record.get("variant", "")
+    return record.get("experiment") == "evidence_ablation" and variant.startswith("_init-") and "shape" not in variant
+
+
+def grid_groups(records: list[dict], task: str) -> dict:
+    """(method, init, lr) -> records of the base setting on `task`."""
+    by = defaultdict(list)
     for r in records:
-        if r["task"] != task or r.get("experiment") not in ("evidence_glue", "evidence_ablation"):
+        if r["task"] == task and r.get("experiment") in ENCODER_EXPERIMENTS and is_base_setting(r):
+            by[(r["method"], init_of(r), r["lr"])].append(r)
+    return by
+
+
+def best_lrs(records: list[dict], task: str = "sst2", seed: int = 0) -> dict[str, float]:
+    """method -> the lr with the best seed-`seed` score on `task`, at the method's default init."""
+    best: dict[str, tuple[float, float]] = {}
+    for (method, init, lr), group in grid_groups(records, task).items():
+        if init != default_init(method):
             continue
-        init = r["config"]["method"].get("init_method")
-        variant = r.get("variant", "")
-        if r.get("experiment") == "evidence_ablation" and "init-" not in variant:
-            continue  # other ablations are in the second table
-        by[(r["method"], init, r["lr"])].append(r)
+        for r in group:
+            if r["seed"] == seed and (method not in best or score(r) > best[method][1]):
+                best[method] = (lr, score(r))
+    return {m: lr for m, (lr, _) in best.items()}
+
+
+def order_key(method: str):
+    return (ORDER.index(method) if method in ORDER else len(ORDER), method)
+
+
+def lr_grid(records: list[dict], task: str = "sst2") -> str:
+    by = grid_groups(records, task)
     lrs = sorted({lr for (_, _, lr) in by})
-    rows = sorted({(m, i) for (m, i, _) in by}, key=lambda k: (ORDER.index(k[0]) if k[0] in ORDER else 99, str(k[1])))
-    lines = ["| method | init | trainable params | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | best | minutes per run |",
-             "|---|---|---:|" + "---:|" * len(lrs) + "---:|---:|"]
+    rows = sorted({(m, i) for (m, i, _) in by}, key=lambda k: (order_key(k[0]), str(k[1])))
+    chosen = best_lrs(records, task)
+    lines = ["| method | init | trainable params | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | minutes per run |",
+             "|---|---|---:|" + "---:|" * len(lrs) + "---:|"]
     for method, init in rows:
-        cells, best, minutes, params = [], None, [], None
+        cells, group_all = [], []
         for lr in lrs:
             group = by.get((method, init, lr), [])
-            values = [score(r) for r in group]
-            cells.append(fmt(values))
-            if values and (best is None or statistics.mean(values) > statistics.mean(best)):
-                best = values
-            minutes += [r["train_time_s"] / 60 for r in group]
-            params = params or (group[0]["trainable_params"] if group else None)
-        lines.append(f"| {method} | {init or '—'} | {params:,} | " + " | ".join(cells) +
-                     f" | **{fmt(best or [])}** | {statistics.mean(minutes):.1f} |")
+            cell = fmt([score(r) for r in group])
+            chosen_here = chosen.get(method) == lr and init == default_init(method)
+            cells.append(f"**{cell}**" if chosen_here and group else cell)
+            group_all += group
+        params = group_all[0]["trainable_params"]
+        lines.append(f"| {method} | {init or '—'} | {params:,} | " + " | ".join(cells) + f" | {minutes(group_all)} |")
     return "\n".join(lines)
 
 
-def ablations(records: list[dict], task: str) -> str:
+def encoder_comparison(records: list[dict], paper: dict) -> str:
+    chosen = best_lrs(records)
+    lines = ["| method | lr | trainable params | params / LoRA r=8 | " + " | ".join(t.upper() for t in ENCODER_TASKS)
+             + " | average | minutes per run (SST-2 / RTE / MRPC) | paper DeBERTa-base: params | "
+             + " | ".join(f"paper {t.upper()}" for t in ENCODER_TASKS) + " | paper average |",
+             "|---|---:|---:|---:|" + "---:|" * len(ENCODER_TASKS) + "---:|---:|---:|" + "---:|" * len(ENCODER_TASKS)
+             + "---:|"]
+    groups = {t: grid_groups(records, t) for t in ENCODER_TASKS}
+    lora_params = None
+    rows = []
+    for method in sorted(chosen, key=order_key):
+        key = (method, default_init(method), chosen[method])
+        per_task = [groups[t].get(key, []) for t in ENCODER_TASKS]
+        params = next(g[0]["trainable_params"] for g in per_task if g)
+        if method == "lora":
+            lora_params = params
+        rows.append((method, key, per_task, params))
+    for method, key, per_task, params in rows:
+        means = [statistics.mean(score(r) for r in g) for g in per_task if g]
+        average = f"{statistics.mean(means):.1f}" if len(means) == len(ENCODER_TASKS) else "—"
+        ratio = f"{params / lora_params:.2f}×" if lora_params else "—"
+        name = PAPER_ENCODER_NAMES.get(method, method)
+        paper_scores = [paper.get(("table1", "deberta-base", name, "", t)) for t in ENCODER_TASKS]
+        paper_params = paper.get(("table1", "deberta-base", name, "", "params"))
+        paper_avg = (f"{statistics.mean(paper_scores):.1f}" if all(s is not None for s in paper_scores) else "—")
+        lines.append(f"| {method} | {key[2]:g} | {params:,} | {ratio} | "
+                     + " | ".join(fmt([score(r) for r in g]) for g in per_task)
+                     + f" | {average} | " + " / ".join(minutes(g) for g in per_task)
+                     + f" | {'—' if paper_params is None else f'{paper_params:g}M'} | "
+                     + " | ".join("—" if s is None else f"{s:.1f}" for s in paper_scores) + f" | {paper_avg} |")
+    return "\n".join(lines)
+
+
+def ablations(records: list[dict], task: str = "sst2") -> str:
+    base = grid_groups(records, task)
     rows = defaultdict(list)
     for r in records:
-        if r["task"] != task or r.get("experiment") != "evidence_ablation" or "init-" in r.get("variant", ""):
+        if r["task"] != task or r.get("experiment") != "evidence_ablation" or is_base_setting(r):
             continue
-        rows[(r["method"], r.get("variant", ""), r["trainable_params"])].append(score(r))
-    lines = ["| method | setting | trainable params | score |", "|---|---|---:|---:|"]
-    for (method, variant, params), values in sorted(rows.items()):
-        lines.append(f"| {method} | {variant.lstrip('_')} | {params:,} | {fmt(values)} |")
+        rows[(r["method"], init_of(r), r["lr"], r.get("variant", ""), r["trainable_params"])].append(r)
+    lines = ["| method | init | lr | setting | trainable params | SST-2 | baseline (rank 5, tensorized head, trainable norms, default shape) |",
+             "|---|---|---:|---|---:|---:|---:|"]
+    for (method, init, lr, variant, params), group in sorted(rows.items(), key=lambda kv: (order_key(kv[0][0]), kv[0][1:4])):
+        seeds = {r["seed"] for r in group}
+        baseline = [score(r) for r in base.get((method, init, lr), []) if r["seed"] in seeds]
+        setting = "_".join(part for part in variant.strip("_").split("_") if not part.startswith("lr"))
+        lines.append(f"| {method} | {init} | {lr:g} | {setting} | {params:,} | {fmt([score(r) for r in group])} | "
+                     f"{fmt(baseline)} |")
     return "\n".join(lines)
 
 
-def main() -> None:
+def decoder_comparison(records: list[dict], paper: dict) -> str:
+    by = defaultdict(list)
+    for r in records:
+        if r.get("experiment") == "evidence_decoder":
+            by[(r["task"], r["method"], r["lr"])].append(r)
+    tasks = sorted({t for (t, _, _) in by})
+    lines = ["| task | method | lr | trainable params | test score | minutes per run | paper LLaMA-2-7B: params | paper score |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for task in tasks:
+        for (t, method, lr), group in sorted(by.items(), key=lambda kv: (order_key(kv[0][1]), kv[0][2])):
+            if t != task:
+                continue
+            paper_score = paper.get(("table2", "llama2-7b", method, "", task))
+            paper_params = paper.get(("table2", "llama2-7b", method, "", "params"))
+            lines.append(f"| {task} | {method} | {lr:g} | {group[0]['trainable_params']:,} | "
+                         f"{fmt([score(r) for r in group])} | {minutes(group)} | "
+                         f"{'—' if paper_params is None else f'{paper_params:g}M'} | "
+                         f"{'—' if paper_score is None else f'{paper_score:g}'} |")
+    return "\n".join(lines)
+
+
+def render(records: list[dict], paper: dict) -> str:
+    return "\n\n".join([
+        "### SST-2 learning-rate grid (bold: the lr each method is compared at)", lr_grid(records),
+        "### Encoder comparison (each method at its best SST-2 lr)", encoder_comparison(records, paper),
+        "### LoRETTA ablations on SST-2", ablations(records),
+        "### Decoder comparison (SmolLM2-135M, MeZO protocol)", decoder_comparison(records, paper),
+    ]) + "\n"
+
+
+def write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", default=str(REPO / "results" / "runs"))
-    parser.add_argument("--task", default="sst2")
-    args = parser.parse_args()
+    parser.add_argument("--paper", default=str(REPO / "results" / "paper" / "paper_results.csv"))
+    parser.add_argument("--out", help="write the Markdown here (atomically) instead of stdout")
+    args = parser.parse_args(argv)
     records = load(Path(args.results))
     if not records:
-        raise SystemExit(f"no completed results.json under {args.results}")
-    print(comparison(records, args.task))
-    print()
-    print(ablations(records, args.task))
+        print(f"no completed results.json under {args.results}", file=sys.stderr)
+        return 1
+    text = render(records, load_paper(Path(args.paper)))
+    if args.out:
+        write_atomically(Path(args.out), text)
+    else:
+        print(text, end="")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
