@@ -10,6 +10,11 @@ method inherits another's allocator state; rounds interleave the methods so that
 machine hits all of them alike. A step is forward + loss + backward + AdamW step. "floor" is the
 frozen model with a full backward pass (the input embeddings require grad) and no weight grads:
 the cost every method pays before its own. Weights are random (only shapes matter for speed).
+
+Memory is reported twice: the peak (CUDA allocator; on the CPU the worker's peak RSS, which is
+noisy), and deterministically what a method adds to the frozen model: the bytes autograd saves for
+the backward pass of one forward, and the trainable state (weight, gradient and AdamW's two moments:
+16 bytes per trainable parameter).
 """
 
 from __future__ import annotations
@@ -114,6 +119,27 @@ def peak_memory_bytes(device: str) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def saved_activation_bytes(model, forward) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass of one forward (the activation
+    memory a method adds), counted once per storage and without the model's parameters, which every
+    method holds anyway. Deterministic, unlike a process's peak RSS."""
+    import torch
+
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = forward()
+    del loss  # frees the graph without a backward pass
+    return sum(storages.values())
+
+
 def run_worker(preset_name: str, method: str, warmup: int, steps: int) -> dict:
     import torch
 
@@ -130,8 +156,11 @@ def run_worker(preset_name: str, method: str, warmup: int, steps: int) -> dict:
     if preset.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
+    def forward():
+        return model(input_ids=ids, labels=labels).loss
+
     def step():
-        loss = model(input_ids=ids, labels=labels).loss
+        loss = forward()
         loss.backward()
         if optimizer is not None:
             optimizer.step()
@@ -139,6 +168,7 @@ def run_worker(preset_name: str, method: str, warmup: int, steps: int) -> dict:
 
     for _ in range(warmup):
         step()
+    activations = saved_activation_bytes(model, forward)
     times = []
     for _ in range(steps):
         sync()
@@ -151,6 +181,9 @@ def run_worker(preset_name: str, method: str, warmup: int, steps: int) -> dict:
         "trainable_params": sum(p.numel() for p in params),
         "step_times": times,
         "peak_memory_bytes": peak_memory_bytes(preset.device),
+        "saved_activation_bytes": activations,
+        # fp32 weight, gradient and AdamW's two moments per trainable parameter
+        "trainable_state_bytes": 16 * sum(p.numel() for p in params),
     }
 
 
@@ -182,6 +215,8 @@ def orchestrate(args) -> list[dict]:
             "vs_floor": median / floor if floor else None,
             "vs_lora": median / lora if lora else None,
             "peak_memory_gib": r["peak_memory_bytes"] / 2**30,
+            "saved_activations_mib": r["saved_activation_bytes"] / 2**20,
+            "trainable_state_mib": r["trainable_state_bytes"] / 2**20,
             "steps": len(r["step_times"]),
         })
     return rows
@@ -192,13 +227,15 @@ def markdown(rows, preset_name: str, memory_label: str) -> str:
     lines = [
         f"{preset_name}: {p.model_type} {p.dtype}, batch {p.batch}x{p.length}, {p.device}",
         "",
-        f"| method | trainable params | median step (ms) | / floor | / LoRA | {memory_label} (GiB) |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"| method | trainable params | median step (ms) | / floor | / LoRA | {memory_label} (GiB) "
+        "| saved activations (MiB) | trainable state (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     fmt = lambda v: "—" if v is None else f"{v:.2f}"  # noqa: E731
     for r in rows:
         lines.append(f"| {r['method']} | {r['trainable_params']:,} | {r['median_step_ms']:.1f} | {fmt(r['vs_floor'])} | "
-                     f"{fmt(r['vs_lora'])} | {r['peak_memory_gib']:.2f} |")
+                     f"{fmt(r['vs_lora'])} | {r['peak_memory_gib']:.2f} | {r['saved_activations_mib']:.1f} | "
+                     f"{r['trainable_state_mib']:.1f} |")
     return "\n".join(lines)
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-ORDER = ["ft", "adapters", "lora", "lora_r4", "bitfit", "ia3", "prefix", "loretta_adp", "loretta_rep"]
+ORDER = ["zero-shot", "ft", "adapters", "lora", "lora_r4", "bitfit", "ia3", "prefix", "loretta_adp", "loretta_rep"]
 ENCODER_TASKS = ["sst2", "rte", "mrpc"]
 ENCODER_EXPERIMENTS = ("evidence_glue", "evidence_ablation")
 PAPER_ENCODER_NAMES = {"adapters": "adapters_r8"}  # our dense adapters beside the paper's "Adapters"
@@ -188,7 +188,9 @@ def decoder_comparison(records: list[dict], paper: dict) -> str:
     by = defaultdict(list)
     for r in records:
         if r.get("experiment") == "evidence_decoder":
-            by[(r["task"], r["method"], r["lr"])].append(r)
+            # `method=ft train.lr=0 variant=_zero-shot`: the untrained model through the same evaluation
+            method = "zero-shot" if r.get("variant") == "_zero-shot" else r["method"]
+            by[(r["task"], method, r["lr"])].append(r)
     tasks = sorted({t for (t, _, _) in by})
     lines = ["| task | method | lr | trainable params | test score | minutes per run | paper LLaMA-2-7B: params | paper score |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -198,7 +200,8 @@ def decoder_comparison(records: list[dict], paper: dict) -> str:
                 continue
             paper_score = paper.get(("table2", "llama2-7b", method, "", task))
             paper_params = paper.get(("table2", "llama2-7b", method, "", "params"))
-            lines.append(f"| {task} | {method} | {lr:g} | {group[0]['trainable_params']:,} | "
+            params = "0" if method == "zero-shot" else f"{group[0]['trainable_params']:,}"
+            lines.append(f"| {task} | {method} | {lr:g} | {params} | "
                          f"{fmt([score(r) for r in group])} | {minutes(group)} | "
                          f"{'—' if paper_params is None else f'{paper_params:g}M'} | "
                          f"{'—' if paper_score is None else f'{paper_score:g}'} |")

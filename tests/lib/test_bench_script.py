@@ -23,6 +23,21 @@ def test_bench_methods_prints_a_row_per_method(tmp_path):
     assert by_method["floor"]["vs_floor"] == 1.0 and by_method["lora"]["vs_lora"] == 1.0
     assert 0 < by_method["loretta_rep"]["trainable_params"] < by_method["lora"]["trainable_params"]
     assert "| loretta_adp |" in proc.stdout
+    # deterministic memory: every method saves at least the floor's activations; state is 16 B/param
+    assert all(r["saved_activations_mib"] >= by_method["floor"]["saved_activations_mib"] > 0 for r in rows)
+    assert by_method["lora"]["trainable_state_mib"] * 2**20 == 16 * by_method["lora"]["trainable_params"]
+
+
+def test_activation_memory_breaks_the_saved_bytes_down_by_module_type():
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT.parent / "activation_memory.py"), "--preset", "tiny-cpu",
+         "--methods", "floor", "lora", "loretta_adp"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert "| module type | floor | lora | loretta_adp |" in lines
+    tt_row = next(line for line in lines if line.startswith("| TTLinear |"))
+    assert tt_row.split("|")[2].strip() == "—" and tt_row.split("|")[4].strip() != "—"  # only LoRETTA has TT layers
+    assert lines[-1].startswith("| **total** |")
 
 
 def test_bench_methods_rejects_bad_arguments():

@@ -37,6 +37,7 @@ def test_evidence_tables(tmp_path):
            init="noise_reduction")
     record(runs, "evidence_decoder", "copa", "loretta_adp", 0, 3e-3, 0.64, 80_000, "_lr3e-3",
            init="noise_reduction", model="smollm2", minutes=9.0)
+    record(runs, "evidence_decoder", "copa", "ft", 0, 0.0, 0.55, 134_515_008, "_zero-shot", model="smollm2")
     out = tmp_path / "evidence.md"
     proc = subprocess.run([sys.executable, "scripts/evidence_tables.py", "--results", str(runs), "--out", str(out)],
                           cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
@@ -53,6 +54,7 @@ def test_evidence_tables(tmp_path):
     assert "| loretta_adp | noise_reduction | 0.003 | shape-4-4-4-6 | 30,000 | 70.0 | 75.0 |" in ablation
     decoder = md.split("### Decoder comparison")[1]
     assert "| copa | loretta_adp | 0.003 | 80,000 | 64.0 | 9.0 | 0.88M | 87 |" in decoder
+    assert decoder.index("| copa | zero-shot | 0 | 0 | 55.0 |") < decoder.index("| copa | loretta_adp")
 
 
 def test_evidence_tables_without_records(tmp_path):
