@@ -1,6 +1,7 @@
 """The benchmark script runs end to end and prints a row per method (timings are not asserted)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,3 +44,16 @@ def test_activation_memory_breaks_the_saved_bytes_down_by_module_type():
 def test_bench_methods_rejects_bad_arguments():
     proc = subprocess.run([sys.executable, str(SCRIPT), "--preset", "nope"], capture_output=True, text=True)
     assert proc.returncode != 0 and "invalid choice: 'nope'" in proc.stderr
+
+
+def test_gpu_checks_script_runs_its_steps(tmp_path):
+    """The prepared GPU command (scripts/gpu_checks.sh), on the CPU smoke preset."""
+    env = {**os.environ, "PRESETS": "tiny-cpu", "ROUNDS": "1", "METHODS": "floor lora loretta_rep", "OUT": str(tmp_path), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(SCRIPT.parent / "gpu_checks.sh")], capture_output=True, text=True,
+                          timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "torch" in (tmp_path / "gpu.txt").read_text() and "tiny-cpu:" in (tmp_path / "gpu.txt").read_text()
+    assert "| loretta_rep |" in (tmp_path / "tiny-cpu.md").read_text()
+    assert json.loads((tmp_path / "tiny-cpu.json").read_text())["preset"] == "tiny-cpu"
+    assert "| **total** |" in (tmp_path / "activation_memory_tiny-cpu.md").read_text()
+    assert not list(tmp_path.glob("*.tmp"))

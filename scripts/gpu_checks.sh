@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The GPU measurements of issues 2 and 5, as one prepared command for a session that has the device
+# machine (its image has torch, transformers, peft and accelerate; nothing is installed):
+#     run(command="bash scripts/gpu_checks.sh", timeout_s=560)
+# writes, under $OUT (default results/bench): gpu.txt (hardware and versions), <preset>.md and
+# <preset>.json from scripts/bench_methods.py, activation_memory_<preset>.md from
+# scripts/activation_memory.py. Copy them into results/bench/ and the README's speed section.
+# PRESETS, ROUNDS and METHODS override the defaults; `PRESETS=tiny-cpu` smoke-tests it on a CPU (tests do).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-results/bench}"
+PRESETS="${PRESETS:-deberta-base-gpu llama2-7b-gpu}"
+ROUNDS="${ROUNDS:-2}"
+METHODS="${METHODS:-floor ft lora ia3 adapters loretta_adp loretta_rep}"
+PY="${PYTHON:-python3}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+mkdir -p "$OUT"
+{
+    date -u
+    if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; fi
+    "$PY" -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'cuda', torch.cuda.is_available())"
+} > "$OUT/gpu.txt"
+for preset in $PRESETS; do
+    start=$(date +%s)
+    "$PY" scripts/bench_methods.py --preset "$preset" --rounds "$ROUNDS" --steps 5 --warmup 2 --methods $METHODS \
+        --out "$OUT/$preset.json" > "$OUT/$preset.md.tmp"
+    mv "$OUT/$preset.md.tmp" "$OUT/$preset.md"
+    "$PY" scripts/activation_memory.py --preset "$preset" --methods $METHODS > "$OUT/activation_memory_$preset.md.tmp"
+    mv "$OUT/activation_memory_$preset.md.tmp" "$OUT/activation_memory_$preset.md"
+    echo "$preset: $(( $(date +%s) - start )) s" | tee -a "$OUT/gpu.txt"
+    cat "$OUT/$preset.md"
+done
