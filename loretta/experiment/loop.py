@@ -204,7 +204,8 @@ def train(cfg) -> dict:
                 save_trainable(accelerator.unwrap_model(model), ckpt_dir / "best.pt")
         else:
             state.evals_since_best += 1
-        state.history.append({"step": state.step, "epoch": state.epoch, **dev})
+        # epochs trained so far (state.epoch alone is off by one at the end of the last epoch)
+        state.history.append({"step": state.step, "epoch": round(state.step / steps_per_epoch, 3), **dev})
         tracker.log({**{f"dev/{k}": v for k, v in dev.items()}, "dev/eval_time_s": time.time() - start}, state.step)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in dev.items())
         accelerator.print(f"[loretta] step {state.step}: dev {shown}{' (best)' if improved else ''}")

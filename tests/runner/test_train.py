@@ -54,6 +54,7 @@ def test_results_record(kinds, tmp_path):
     assert not (folder / "checkpoint" / "last.pt").exists()  # removed once completed (train.keep_checkpoint=false)
     assert not list(folder.glob("*.tmp")) and not list(folder.glob(".results.json*"))
     assert record["metrics"] == on_disk["metrics"]
+    assert [(h["step"], h["epoch"]) for h in on_disk["history"]] == [(2, 1.0)]  # 8 examples, batch 4: one epoch
 
 
 RESUME = ["model=tiny-bert", "task=sst2", "method=loretta_adp", "train.max_steps=6", "train.eval_every=2",
