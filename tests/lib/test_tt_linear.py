@@ -86,3 +86,5 @@ def test_noise_reduction_starts_at_zero_and_round_trips_its_initial_cores():
     other.load_state_dict(layer.state_dict())
     torch.testing.assert_close(other(x), layer(x))
     assert any("initial_cores" in k for k in layer.state_dict())
+    # the initial product is kept as its two boundary factors, not as a dense 768 x 64 matrix
+    assert [tuple(t.shape) for t in layer.initial_cores._cache] == [(768, 5), (5, 64)]
