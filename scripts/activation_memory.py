@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from collections import defaultdict
 
-from bench_methods import METHODS, PRESETS, build_model, wrap
+from bench_methods import EXTRA_METHODS, METHODS, PRESETS, build_model, wrap
 
 
 def saved_by_module_type(model, forward) -> dict[str, int]:
@@ -80,8 +80,8 @@ def markdown(preset_name: str, table: dict[str, dict[str, int]]) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="deberta-base-cpu", choices=sorted(PRESETS))
-    parser.add_argument("--methods", nargs="+", default=["floor", "lora", "adapters", "loretta_adp", "loretta_rep"],
-                        choices=METHODS)
+    parser.add_argument("--methods", nargs="+", choices=METHODS + EXTRA_METHODS,
+                        default=["floor", "lora", "adapters", "loretta_adp", "loretta_rep", *EXTRA_METHODS])
     args = parser.parse_args(argv)
     print(markdown(args.preset, {m: measure(args.preset, m) for m in args.methods}))
 

@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass
 
 METHODS = ("floor", "ft", "lora", "ia3", "adapters", "loretta_adp", "loretta_rep")
+# not run by default: LoRETTA with its layer norms frozen, as LoRA leaves them (memory comparisons)
+EXTRA_METHODS = ("loretta_adp_frozen_norms", "loretta_rep_frozen_norms")
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,8 @@ def wrap(model, method: str, preset: Preset):
         "adapters": lambda: LorettaAdpConfig(task_type=preset.task, tensorized=False),
         "loretta_adp": lambda: LorettaAdpConfig(task_type=preset.task),
         "loretta_rep": lambda: LorettaRepConfig(task_type=preset.task),
+        "loretta_adp_frozen_norms": lambda: LorettaAdpConfig(task_type=preset.task, trainable_layer_norms=False),
+        "loretta_rep_frozen_norms": lambda: LorettaRepConfig(task_type=preset.task, trainable_layer_norms=False),
     }
     return get_peft_model(model, configs[method]())
 
@@ -242,12 +246,12 @@ def markdown(rows, preset_name: str, memory_label: str) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="deberta-base-cpu", choices=sorted(PRESETS))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS + EXTRA_METHODS)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (one worker per method per round)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per worker")
     parser.add_argument("--out", help="also write the rows as JSON here")
-    parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=METHODS + EXTRA_METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(run_worker(args.preset, args.worker, args.warmup, args.steps)))
