@@ -2,6 +2,7 @@
 
     python scripts/evidence_tables.py                 # Markdown to stdout
     python scripts/evidence_tables.py --out results/tables/evidence.md
+    python scripts/evidence_tables.py --readme README.md   # between the README's evidence markers
 
 1. The learning-rate grid on SST-2 (every method, every lr tried; LoRETTA with each initialisation).
 2. The encoder comparison: every method at its best SST-2 learning rate (chosen from the grid's seed-0
@@ -217,6 +218,18 @@ def render(records: list[dict], paper: dict) -> str:
     ]) + "\n"
 
 
+START, END = "<!-- evidence-tables:start -->", "<!-- evidence-tables:end -->"
+
+
+def splice(document: str, tables: str) -> str:
+    """`document` with the text between the START and END markers replaced by `tables`."""
+    if document.count(START) != 1 or document.count(END) != 1 or document.index(START) > document.index(END):
+        raise ValueError(f"expected one {START} line followed by one {END} line")
+    head, rest = document.split(START)
+    _, tail = rest.split(END)
+    return f"{head}{START}\n{tables.strip()}\n{END}{tail}"
+
+
 def write_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -230,15 +243,23 @@ def main(argv=None) -> int:
     parser.add_argument("--results", default=str(REPO / "results" / "runs"))
     parser.add_argument("--paper", default=str(REPO / "results" / "paper" / "paper_results.csv"))
     parser.add_argument("--out", help="write the Markdown here (atomically) instead of stdout")
+    parser.add_argument("--readme", help=f"replace the tables between {START} and {END} in this file")
     args = parser.parse_args(argv)
     records = load(Path(args.results))
     if not records:
         print(f"no completed results.json under {args.results}", file=sys.stderr)
         return 1
     text = render(records, load_paper(Path(args.paper)))
+    if args.readme:
+        readme = Path(args.readme)
+        try:
+            write_atomically(readme, splice(readme.read_text(), text))
+        except ValueError as err:
+            print(f"{readme}: {err}", file=sys.stderr)
+            return 1
     if args.out:
         write_atomically(Path(args.out), text)
-    else:
+    if not args.readme and not args.out:
         print(text, end="")
     return 0
 

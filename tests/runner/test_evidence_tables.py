@@ -61,3 +61,21 @@ def test_evidence_tables_without_records(tmp_path):
     proc = subprocess.run([sys.executable, "scripts/evidence_tables.py", "--results", str(tmp_path)],
                           cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "no completed results.json" in proc.stderr
+
+
+def test_evidence_tables_update_the_readme_between_its_markers(tmp_path):
+    runs = tmp_path / "runs"
+    record(runs, "evidence_glue", "sst2", "lora", 0, 3e-3, 0.80, 74_498, "_lr3e-3")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- evidence-tables:start -->\nold table\n<!-- evidence-tables:end -->\nafter\n")
+    args = [sys.executable, "scripts/evidence_tables.py", "--results", str(runs), "--readme", str(readme)]
+    proc = subprocess.run(args, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    text = readme.read_text()
+    assert text.startswith("intro\n<!-- evidence-tables:start -->\n### SST-2 learning-rate grid")
+    assert "old table" not in text and "| lora | — | 74,498 |" in text
+    assert text.endswith("\n<!-- evidence-tables:end -->\nafter\n")
+    readme.write_text("no markers here\n")
+    proc = subprocess.run(args, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "expected one <!-- evidence-tables:start -->" in proc.stderr
+    assert readme.read_text() == "no markers here\n"  # untouched
