@@ -42,6 +42,11 @@ def _chain_right(cores) -> torch.Tensor:
     return out
 
 
+def tt_factors(cores, split: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L (in x r), R (r x out)) from the cores before and from `split` (the in/out boundary)."""
+    return _chain(cores[:split]), _chain_right(cores[split:])
+
+
 def tt_to_matrix(cores, in_features: int, out_features: int, split: int | None) -> torch.Tensor:
     """Rebuild the (in x out) matrix from TT cores.
 
@@ -50,8 +55,7 @@ def tt_to_matrix(cores, in_features: int, out_features: int, split: int | None) 
     """
     if split is None:
         return _chain(cores).reshape(in_features, out_features)
-    left = _chain(cores[:split])  # (in, r)
-    right = _chain_right(cores[split:])  # (r, out)
+    left, right = tt_factors(cores, split)
     return left @ right
 
 
@@ -95,7 +99,7 @@ class FrozenCores(nn.Module):
     def factors(self, split: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(L0 (in x r), R0 (r x out)), the initial matrix's factors at the in/out boundary: r / out
         (and r / in) of the dense matrix's memory."""
-        return self._cached("factors", lambda cores: (_chain(cores[:split]), _chain_right(cores[split:])))
+        return self._cached("factors", lambda cores: tt_factors(cores, split))
 
 
 class TTLinear(nn.Module):
@@ -177,7 +181,7 @@ class TTLinear(nn.Module):
         # the initial product is rebuilt from its cached factors, not cached densely (for a
         # 4096 x 64 adapter matrix: 84 KB instead of 1 MB); same operations on the same values as
         # the trained product, so W is exactly 0 at step 0
-        left, right = _chain(list(self.cores[: self.split])), _chain_right(list(self.cores[self.split:]))
+        left, right = tt_factors(list(self.cores), self.split)
         left0, right0 = self.initial_cores.factors(self.split)
         with torch.no_grad():
             initial = left0 @ right0

@@ -12,43 +12,8 @@ a storage is counted once, for the innermost module running when it was first sa
 from __future__ import annotations
 
 import argparse
-from collections import defaultdict
 
-from bench_methods import EXTRA_METHODS, METHODS, PRESETS, build_model, wrap
-
-
-def saved_by_module_type(model, forward) -> dict[str, int]:
-    import torch
-
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    running: list[str] = []
-
-    def enter(module, args):
-        running.append(type(module).__name__)  # a hook's return value would replace the input: none
-
-    def leave(module, args, output):
-        running.pop()
-
-    handles = [h for module in model.modules()
-               for h in (module.register_forward_pre_hook(enter), module.register_forward_hook(leave))]
-    seen: set[int] = set()
-    by_type: dict[str, int] = defaultdict(int)
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in weights and storage.data_ptr() not in seen:
-            seen.add(storage.data_ptr())
-            by_type[running[-1] if running else "(top level)"] += storage.nbytes()
-        return t
-
-    try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = forward()
-        del loss
-    finally:
-        for handle in handles:
-            handle.remove()
-    return dict(by_type)
+from bench_methods import EXTRA_METHODS, METHODS, PRESETS, build_model, make_batch, saved_by_module_type, wrap
 
 
 def measure(preset_name: str, method: str) -> dict[str, int]:
@@ -58,8 +23,7 @@ def measure(preset_name: str, method: str) -> dict[str, int]:
     torch.manual_seed(0)
     model = wrap(build_model(preset), method, preset)
     model.train()
-    ids = torch.randint(5, model.config.vocab_size, (preset.batch, preset.length), device=preset.device)
-    labels = torch.randint(0, 2, (preset.batch,), device=preset.device) if preset.task == "SEQ_CLS" else ids
+    ids, labels = make_batch(model, preset)
     return saved_by_module_type(model, lambda: model(input_ids=ids, labels=labels).loss)
 
 

@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 
 METHODS = ("floor", "ft", "lora", "ia3", "adapters", "loretta_adp", "loretta_rep")
@@ -123,25 +124,56 @@ def peak_memory_bytes(device: str) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def saved_activation_bytes(model, forward) -> int:
-    """Bytes of the tensors autograd keeps for the backward pass of one forward (the activation
-    memory a method adds), counted once per storage and without the model's parameters, which every
-    method holds anyway. Deterministic, unlike a process's peak RSS."""
+def saved_by_module_type(model, forward) -> dict[str, int]:
+    """Bytes of the tensors autograd keeps for the backward pass of one forward, by the type of the
+    innermost module running when each storage was first saved; counted once per storage and
+    without the model's parameters, which every method holds anyway. Deterministic, unlike a
+    process's peak RSS."""
     import torch
 
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    storages: dict[int, int] = {}
+    running: list[str] = []
+
+    def enter(module, args):
+        running.append(type(module).__name__)  # a hook's return value would replace the input: none
+
+    def leave(module, args, output):
+        running.pop()
+
+    handles = [h for module in model.modules()
+               for h in (module.register_forward_pre_hook(enter), module.register_forward_hook(leave))]
+    seen: set[int] = set()
+    by_type: dict[str, int] = defaultdict(int)
 
     def pack(t):
         storage = t.untyped_storage()
-        if storage.data_ptr() not in weights:
-            storages[storage.data_ptr()] = storage.nbytes()
+        if storage.data_ptr() not in weights and storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            by_type[running[-1] if running else "(top level)"] += storage.nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = forward()
-    del loss  # frees the graph without a backward pass
-    return sum(storages.values())
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = forward()
+        del loss  # frees the graph without a backward pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return dict(by_type)
+
+
+def saved_activation_bytes(model, forward) -> int:
+    """The activation memory a method adds: all bytes saved for backward (see saved_by_module_type)."""
+    return sum(saved_by_module_type(model, forward).values())
+
+
+def make_batch(model, preset: Preset):
+    """Random token ids, and labels for the preset's task."""
+    import torch
+
+    ids = torch.randint(5, model.config.vocab_size, (preset.batch, preset.length), device=preset.device)
+    labels = torch.randint(0, 2, (preset.batch,), device=preset.device) if preset.task == "SEQ_CLS" else ids
+    return ids, labels
 
 
 def run_worker(preset_name: str, method: str, warmup: int, steps: int) -> dict:
@@ -153,9 +185,7 @@ def run_worker(preset_name: str, method: str, warmup: int, steps: int) -> dict:
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5) if params else None
-    vocab = model.config.vocab_size
-    ids = torch.randint(5, vocab, (preset.batch, preset.length), device=preset.device)
-    labels = torch.randint(0, 2, (preset.batch,), device=preset.device) if preset.task == "SEQ_CLS" else ids
+    ids, labels = make_batch(model, preset)
     sync = torch.cuda.synchronize if preset.device == "cuda" else (lambda: None)
     if preset.device == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -16,7 +16,7 @@ Scores are percentages; "(n)" is the number of seeds when it is more than one.
 from __future__ import annotations
 
 import argparse
-import csv
+import functools
 import json
 import os
 import statistics
@@ -26,6 +26,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import yaml
+from make_tables import load_paper  # (table, model, method, setting, task) -> score
 
 REPO = Path(__file__).resolve().parents[1]
 ORDER = ["zero-shot", "ft", "adapters", "lora", "lora_r4", "bitfit", "ia3", "prefix", "loretta_adp", "loretta_rep"]
@@ -43,17 +44,7 @@ def load(root: Path) -> list[dict]:
     return records
 
 
-def load_paper(path: Path) -> dict:
-    """(table, model, method, setting, task) -> score, and (..., "params") -> millions."""
-    paper = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            key = (row["table"], row["model"], row["method"], row["setting"])
-            paper[(*key, row["task"])] = float(row["score"])
-            paper[(*key, "params")] = float(row["params_m"])
-    return paper
-
-
+@functools.cache
 def default_init(method: str) -> str | None:
     """The library's default initialisation, as the method config records it."""
     path = REPO / "configs" / "method" / f"{method}.yaml"
