@@ -37,6 +37,14 @@ class LorettaConfigBase(PeftConfig):
         metadata={"help": "For SEQ_CLS: replace the hidden x hidden head layer by a TT layer (False: train it densely)."},
     )
     trainable_layer_norms: bool = field(default=True, metadata={"help": "Train the model's LayerNorm/RMSNorm weights."})
+    recompute_layer_norms: bool = field(
+        default=True,
+        metadata={
+            "help": "Trainable norms keep only their input for the backward pass and recompute their forward "
+            "there (the activation memory trainable norms would add; README 'Speed and memory'). False: the "
+            "norm class's forward, unchanged."
+        },
+    )
     init_method: str = field(
         default="noise_reduction",
         metadata={

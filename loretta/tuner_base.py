@@ -13,6 +13,7 @@ import re
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
+from .norm_recompute import recompute_in_backward, restore_forward
 from .presets import FAMILY_PRESETS, linear_features, linear_layer_names, name_matches, norm_module_names, preset_for
 from .tt_linear import TTLinear
 from .tt_shapes import resolve_tt_shape
@@ -58,7 +59,13 @@ class LorettaTunerBase(BaseTuner):
         if str(peft_config.task_type) == "SEQ_CLS" and preset is not None and preset.head_dense:
             self._prepare_head(peft_config, model, preset.head_dense)
         if peft_config.trainable_layer_norms:
-            self._add_modules_to_save(peft_config, norm_module_names(model))
+            norms = norm_module_names(model)
+            self._add_modules_to_save(peft_config, norms)
+            if peft_config.recompute_layer_norms:
+                # patched before PEFT copies each norm into its ModulesToSaveWrapper: the copies (the
+                # trained ones) inherit it; the frozen originals run their forward unchanged
+                for name in norms:
+                    recompute_in_backward(model.get_submodule(name))
 
     def _check_targets_exist(self, peft_config, model: nn.Module) -> None:
         names = [n for n, m in model.named_modules() if linear_features(m) is not None]
@@ -114,6 +121,7 @@ class LorettaTunerBase(BaseTuner):
                 parent_name, _, child = name.rpartition(".")
                 parent = model.get_submodule(parent_name) if parent_name else model
                 setattr(parent, child, module.to_dense_linear())
+        restore_forward(model)
         return model
 
     def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key, **kwargs):

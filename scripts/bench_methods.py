@@ -29,8 +29,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 METHODS = ("floor", "ft", "lora", "ia3", "adapters", "loretta_adp", "loretta_rep")
-# not run by default: LoRETTA with its layer norms frozen, as LoRA leaves them (memory comparisons)
-EXTRA_METHODS = ("loretta_adp_frozen_norms", "loretta_rep_frozen_norms")
+# not run by default (memory comparisons): LoRETTA with its layer norms frozen, as LoRA leaves them,
+# and with its trainable norms keeping their normalised input instead of recomputing it in backward
+EXTRA_METHODS = ("loretta_adp_frozen_norms", "loretta_rep_frozen_norms",
+                 "loretta_adp_stored_norms", "loretta_rep_stored_norms")
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,8 @@ def wrap(model, method: str, preset: Preset):
         "loretta_rep": lambda: LorettaRepConfig(task_type=preset.task),
         "loretta_adp_frozen_norms": lambda: LorettaAdpConfig(task_type=preset.task, trainable_layer_norms=False),
         "loretta_rep_frozen_norms": lambda: LorettaRepConfig(task_type=preset.task, trainable_layer_norms=False),
+        "loretta_adp_stored_norms": lambda: LorettaAdpConfig(task_type=preset.task, recompute_layer_norms=False),
+        "loretta_rep_stored_norms": lambda: LorettaRepConfig(task_type=preset.task, recompute_layer_norms=False),
     }
     return get_peft_model(model, configs[method]())
 

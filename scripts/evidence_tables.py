@@ -184,8 +184,9 @@ def decoder_comparison(records: list[dict], paper: dict) -> str:
             method = "zero-shot" if r.get("variant") == "_zero-shot" else r["method"]
             by[(r["task"], method, r["lr"])].append(r)
     tasks = sorted({t for (t, _, _) in by})
-    lines = ["| task | method | lr | trainable params | test score | minutes per run | paper LLaMA-2-7B: params | paper score |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| task | train / test examples | method | lr | trainable params | test score | minutes per run "
+             "| paper LLaMA-2-7B: params | paper score |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for task in tasks:
         for (t, method, lr), group in sorted(by.items(), key=lambda kv: (order_key(kv[0][1]), kv[0][2])):
             if t != task:
@@ -193,7 +194,8 @@ def decoder_comparison(records: list[dict], paper: dict) -> str:
             paper_score = paper.get(("table2", "llama2-7b", method, "", task))
             paper_params = paper.get(("table2", "llama2-7b", method, "", "params"))
             params = "0" if method == "zero-shot" else f"{group[0]['trainable_params']:,}"
-            lines.append(f"| {task} | {method} | {lr:g} | {params} | "
+            sizes = f"{group[0].get('num_train_examples', '—')} / {group[0].get('num_eval_examples', '—')}"
+            lines.append(f"| {task} | {sizes} | {method} | {lr:g} | {params} | "
                          f"{fmt([score(r) for r in group])} | {minutes(group)} | "
                          f"{'—' if paper_params is None else f'{paper_params:g}M'} | "
                          f"{'—' if paper_score is None else f'{paper_score:g}'} |")

@@ -9,14 +9,16 @@ import sys
 from .helpers import ENV, REPO
 
 
-def record(root, experiment, task, method, seed, lr, acc, params, variant="", init=None, model="minilm", minutes=2.0):
+def record(root, experiment, task, method, seed, lr, acc, params, variant="", init=None, model="minilm", minutes=2.0,
+           sizes=(300, 100)):
     folder = root / experiment / task / model / f"{method}{variant}" / f"seed{seed}"
     folder.mkdir(parents=True)
     method_cfg = {"name": method} if init is None else {"name": method, "init_method": init}
     (folder / "results.json").write_text(json.dumps({
         "task": task, "model": model, "method": method, "seed": seed, "status": "completed", "variant": variant,
         "experiment": experiment, "metrics": {"accuracy": acc}, "primary_metric": "accuracy", "lr": lr,
-        "trainable_params": params, "train_time_s": 60 * minutes, "config": {"method": method_cfg}}))
+        "trainable_params": params, "train_time_s": 60 * minutes, "config": {"method": method_cfg},
+        "num_train_examples": sizes[0], "num_eval_examples": sizes[1]}))
 
 
 def test_evidence_tables(tmp_path):
@@ -38,6 +40,7 @@ def test_evidence_tables(tmp_path):
     record(runs, "evidence_decoder", "copa", "loretta_adp", 0, 3e-3, 0.64, 80_000, "_lr3e-3",
            init="noise_reduction", model="smollm2", minutes=9.0)
     record(runs, "evidence_decoder", "copa", "ft", 0, 0.0, 0.55, 134_515_008, "_zero-shot", model="smollm2")
+    record(runs, "evidence_decoder", "cb", "lora", 0, 3e-3, 0.5, 460_800, "_lr3e-3", model="smollm2", sizes=(64, 56))
     out = tmp_path / "evidence.md"
     proc = subprocess.run([sys.executable, "scripts/evidence_tables.py", "--results", str(runs), "--out", str(out)],
                           cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
@@ -53,8 +56,9 @@ def test_evidence_tables(tmp_path):
     ablation = md.split("### LoRETTA ablations")[1].split("###")[0]
     assert "| loretta_adp | noise_reduction | 0.003 | shape-4-4-4-6 | 30,000 | 70.0 | 75.0 |" in ablation
     decoder = md.split("### Decoder comparison")[1]
-    assert "| copa | loretta_adp | 0.003 | 80,000 | 64.0 | 9.0 | 0.88M | 87 |" in decoder
-    assert decoder.index("| copa | zero-shot | 0 | 0 | 55.0 |") < decoder.index("| copa | loretta_adp")
+    assert "| copa | 300 / 100 | loretta_adp | 0.003 | 80,000 | 64.0 | 9.0 | 0.88M | 87 |" in decoder
+    assert decoder.index("| copa | 300 / 100 | zero-shot | 0 | 0 | 55.0 |") < decoder.index("| copa | 300 / 100 | loretta_adp")
+    assert "| cb | 64 / 56 | lora | 0.003 | 460,800 | 50.0 | 2.0 | 4.19M | 67.86 |" in decoder
 
 
 def test_evidence_tables_without_records(tmp_path):

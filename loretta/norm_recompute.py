@@ -1,0 +1,72 @@
+"""Trainable layer norms that keep only their input for the backward pass.
+
+A norm whose weight trains must give autograd its normalised input for the weight's gradient, on
+top of what the normalisation itself saves: measured with `scripts/activation_memory.py`, this is
+the whole of LoRETTA's activation memory over PEFT LoRA (DeBERTa's `DebertaLayerNorm`, LLaMA's
+`RMSNorm`, ...), which leaves the norms frozen. Here such a norm runs its forward without building
+a graph, keeps only its input, and recomputes the forward inside the backward pass: a norm is a
+few elementwise passes, far cheaper than the matrix products around it, and it has no randomness,
+so the recomputed output is the same. Works for any family's norm class, since it reuses the class's
+own forward; the patch is an instance attribute, so state dicts and module names do not change.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class _RecomputedForward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, module: nn.Module, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        ctx.module = module
+        ctx.autocast = (x.device.type, torch.is_autocast_enabled(x.device.type), torch.get_autocast_dtype(x.device.type))
+        ctx.save_for_backward(x, *params)
+        with torch.no_grad():
+            return type(module).forward(module, x)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        x, *params = ctx.saved_tensors
+        device_type, autocast_enabled, autocast_dtype = ctx.autocast
+        x_needs_grad = ctx.needs_input_grad[1]
+        x = x.detach().requires_grad_(x_needs_grad)
+        # the forward ran under the caller's autocast state; the recomputation must too
+        with torch.enable_grad(), torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_enabled):
+            output = type(ctx.module).forward(ctx.module, x)
+        inputs = ([x] if x_needs_grad else []) + params
+        grads = list(torch.autograd.grad(output, inputs, grad_output, allow_unused=True))
+        x_grad = grads.pop(0) if x_needs_grad else None
+        return (None, x_grad, *grads)
+
+
+class RecomputingNormForward:
+    """Stands in for one norm module's `forward` (set as an instance attribute). A plain callable
+    object rather than a bound method, so that deep copies (PEFT copies each norm it trains) rebind
+    it to the copy and pickling works."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def __call__(self, *args, **kwargs):
+        module = self.module
+        params = [p for p in module.parameters() if p.requires_grad]
+        x = args[0] if len(args) == 1 and not kwargs else None
+        if not params or not torch.is_grad_enabled() or not isinstance(x, torch.Tensor):
+            # frozen (e.g. the original module PEFT keeps for disable_adapter), inference, or a
+            # signature other than forward(x): the class's own forward, unchanged
+            return type(module).forward(module, *args, **kwargs)
+        return _RecomputedForward.apply(module, x, *params)
+
+
+def recompute_in_backward(module: nn.Module) -> None:
+    """Make `module` (a norm) keep only its input for backward; idempotent."""
+    if not isinstance(module.__dict__.get("forward"), RecomputingNormForward):
+        module.forward = RecomputingNormForward(module)
+
+
+def restore_forward(model: nn.Module) -> None:
+    """Undo recompute_in_backward on every module of `model` (unload returns a stock model)."""
+    for module in model.modules():
+        if isinstance(module.__dict__.get("forward"), RecomputingNormForward):
+            del module.forward
