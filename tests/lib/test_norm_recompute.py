@@ -124,3 +124,19 @@ def test_flag_off_or_frozen_norms_patch_nothing():
     for kw in ({"recompute_layer_norms": False}, {"trainable_layer_norms": False}):
         model = get_peft_model(tiny_model("deberta"), METHODS["adp"]("SEQ_CLS", **kw))
         assert not any(isinstance(m.__dict__.get("forward"), RecomputingNormForward) for m in model.modules())
+
+
+@pytest.mark.parametrize("method", ["adp", "rep"])
+def test_recompute_inside_gradient_checkpointing_matches(method):
+    def grads(recompute):
+        torch.manual_seed(0)
+        base = tiny_model("llama", task="CAUSAL_LM")
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = get_peft_model(base, METHODS[method]("CAUSAL_LM", recompute_layer_norms=recompute)).train()
+        batch = tiny_batch(model)
+        model(**batch, labels=batch["input_ids"]).loss.backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    plain, recomputed = grads(False), grads(True)
+    for name in plain:
+        torch.testing.assert_close(recomputed[name], plain[name], rtol=1e-5, atol=1e-6, msg=name)
