@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 
-from bench_methods import EXTRA_METHODS, METHODS, PRESETS, build_model, make_batch, saved_by_module_type, wrap
+from bench_methods import (EXTRA_METHODS, METHODS, PRESETS, build_model, make_batch, run_in_worker_process,
+                           saved_by_module_type, wrap)
 
 
 def measure(preset_name: str, method: str) -> dict[str, int]:
@@ -33,11 +32,8 @@ def measure(preset_name: str, method: str) -> dict[str, int]:
 def measure_in_subprocess(preset_name: str, method: str) -> dict[str, int]:
     """One process per method, as bench_methods does: a process's memory is not all returned when a
     model is dropped, so measuring nine DeBERTa-base models in one process needs ~12 GB."""
-    proc = subprocess.run([sys.executable, __file__, "--preset", preset_name, "--worker", method],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"measuring {method} on {preset_name} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_in_worker_process(__file__, ["--preset", preset_name, "--worker", method],
+                                 f"measuring {method} on {preset_name}")
 
 
 def markdown(preset_name: str, table: dict[str, dict[str, int]]) -> str:

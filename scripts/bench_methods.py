@@ -225,16 +225,22 @@ def run_worker(preset_name: str, method: str, warmup: int, steps: int) -> dict:
     }
 
 
+def run_in_worker_process(script: str, args: list[str], what: str) -> dict:
+    """Run `script` with `args` in a fresh Python process and parse the JSON of its last stdout line:
+    one process per measured model, so that no measurement inherits another's memory."""
+    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def orchestrate(args) -> list[dict]:
     results: dict[str, dict] = {}
     for round_index in range(args.rounds):
         for method in args.methods:
-            cmd = [sys.executable, __file__, "--worker", method, "--preset", args.preset,
-                   "--warmup", str(args.warmup), "--steps", str(args.steps)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise SystemExit(f"worker {method} failed (round {round_index}):\n{proc.stderr[-3000:]}")
-            record = json.loads(proc.stdout.strip().splitlines()[-1])
+            record = run_in_worker_process(
+                __file__, ["--worker", method, "--preset", args.preset, "--warmup", str(args.warmup),
+                           "--steps", str(args.steps)], f"worker {method} (round {round_index})")
             merged = results.setdefault(method, {**record, "step_times": [], "peak_memory_bytes": 0})
             merged["step_times"] += record["step_times"]
             merged["peak_memory_bytes"] = max(merged["peak_memory_bytes"], record["peak_memory_bytes"])
