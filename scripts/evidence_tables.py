@@ -9,7 +9,9 @@
    runs, the rule the runs were launched with), on SST-2 / RTE / MRPC, mean ± std over seeds, beside
    the paper's DeBERTa-base numbers (Table 1).
 3. LoRETTA ablations (rank, head, layer norms, TT shape), beside their baseline run.
-4. The decoder comparison (SmolLM2-135M, MeZO protocol), beside the paper's LLaMA-2-7B (Table 2).
+4. Longer training: the dev score after every evaluation of the longer runs (evidence_longer), from each
+   run's metrics.jsonl, beside the same method's runs at the comparison's budget.
+5. The decoder comparison (SmolLM2-135M, MeZO protocol), beside the paper's LLaMA-2-7B (Table 2).
 Scores are percentages; "(n)" is the number of seeds when it is more than one.
 """
 
@@ -40,6 +42,7 @@ def load(root: Path) -> list[dict]:
     for path in sorted(root.rglob("results.json")):
         record = json.loads(path.read_text())
         if record.get("status") == "completed":
+            record["run_dir"] = str(path.parent)  # for its metrics.jsonl
             records.append(record)
     return records
 
@@ -176,6 +179,37 @@ def ablations(records: list[dict], task: str = "sst2") -> str:
     return "\n".join(lines)
 
 
+def dev_curve(record: dict) -> dict[int, float]:
+    """step -> the dev score (primary metric, %) of each evaluation in the run's metrics.jsonl."""
+    key, curve = f"dev/{record['primary_metric']}", {}
+    path = Path(record["run_dir"]) / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        entry = json.loads(line)
+        if key in entry:
+            curve[entry["step"]] = 100 * entry[key]  # a resumed run logs a step again: the last wins
+    return curve
+
+
+def longer_training(records: list[dict]) -> str:
+    by = defaultdict(list)
+    for r in records:
+        if r.get("experiment") == "evidence_longer":
+            by[(r["task"], r["method"], r["lr"])].append(r)
+    if not by:
+        return "No runs yet (configs/experiment/evidence_longer_minilm.yaml has the commands)."
+    curves = {key: [dev_curve(r) for r in group] for key, group in by.items()}
+    steps = sorted({step for group in curves.values() for curve in group for step in curve})
+    lines = ["| task | method | lr | trainable params | " + " | ".join(f"step {s}" for s in steps)
+             + " | best (reported) | at the comparison's budget | minutes per run |",
+             "|---|---|---:|---:|" + "---:|" * len(steps) + "---:|---:|---:|"]
+    for (task, method, lr), group in sorted(by.items(), key=lambda kv: (kv[0][0], order_key(kv[0][1]), kv[0][2])):
+        cells = [fmt([c[s] for c in curves[(task, method, lr)] if s in c]) for s in steps]
+        short = grid_groups(records, task).get((method, default_init(method), lr), [])
+        lines.append(f"| {task} | {method} | {lr:g} | {group[0]['trainable_params']:,} | " + " | ".join(cells)
+                     + f" | {fmt([score(r) for r in group])} | {fmt([score(r) for r in short])} | {minutes(group)} |")
+    return "\n".join(lines)
+
+
 def decoder_comparison(records: list[dict], paper: dict) -> str:
     by = defaultdict(list)
     for r in records:
@@ -207,6 +241,8 @@ def render(records: list[dict], paper: dict) -> str:
         "### SST-2 learning-rate grid (bold: the lr each method is compared at)", lr_grid(records),
         "### Encoder comparison (each method at its best SST-2 lr)", encoder_comparison(records, paper),
         "### LoRETTA ablations on SST-2", ablations(records),
+        "### Longer training (dev score after each evaluation; each method at its comparison lr)",
+        longer_training(records),
         "### Decoder comparison (SmolLM2-135M, MeZO protocol)", decoder_comparison(records, paper),
     ]) + "\n"
 

@@ -10,7 +10,7 @@ from .helpers import ENV, REPO
 
 
 def record(root, experiment, task, method, seed, lr, acc, params, variant="", init=None, model="minilm", minutes=2.0,
-           sizes=(300, 100)):
+           sizes=(300, 100), dev_curve=None):
     folder = root / experiment / task / model / f"{method}{variant}" / f"seed{seed}"
     folder.mkdir(parents=True)
     method_cfg = {"name": method} if init is None else {"name": method, "init_method": init}
@@ -19,6 +19,11 @@ def record(root, experiment, task, method, seed, lr, acc, params, variant="", in
         "experiment": experiment, "metrics": {"accuracy": acc}, "primary_metric": "accuracy", "lr": lr,
         "trainable_params": params, "train_time_s": 60 * minutes, "config": {"method": method_cfg},
         "num_train_examples": sizes[0], "num_eval_examples": sizes[1]}))
+    if dev_curve:  # the runner's metrics.jsonl: training lines, dev evaluations, the final evaluation again
+        lines = [{"step": 1, "train/loss": 0.7}]
+        lines += [{"step": step, "dev/accuracy": value, "dev/loss": 0.6} for step, value in dev_curve]
+        lines.append({"step": dev_curve[-1][0], "dev/accuracy": dev_curve[-1][1]})
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 
 def test_evidence_tables(tmp_path):
@@ -59,6 +64,27 @@ def test_evidence_tables(tmp_path):
     assert "| copa | 300 / 100 | loretta_adp | 0.003 | 80,000 | 64.0 | 9.0 | 0.88M | 87 |" in decoder
     assert decoder.index("| copa | 300 / 100 | zero-shot | 0 | 0 | 55.0 |") < decoder.index("| copa | 300 / 100 | loretta_adp")
     assert "| cb | 64 / 56 | lora | 0.003 | 460,800 | 50.0 | 2.0 | 4.19M | 67.86 |" in decoder
+
+
+def test_evidence_tables_longer_training_shows_each_evaluation_beside_the_short_runs(tmp_path):
+    runs = tmp_path / "runs"
+    record(runs, "evidence_glue", "sst2", "lora", 0, 3e-3, 0.80, 74_498, "_lr3e-3")  # chooses lora's lr
+    record(runs, "evidence_glue", "rte", "lora", 0, 3e-3, 0.55, 74_498, "_lr3e-3")
+    record(runs, "evidence_glue", "rte", "lora", 1, 3e-3, 0.57, 74_498, "_lr3e-3")
+    record(runs, "evidence_longer", "rte", "lora", 0, 3e-3, 0.64, 74_498, "_lr3e-3", minutes=27.0,
+           dev_curve=[(63, 0.51), (126, 0.60), (189, 0.64)])
+    record(runs, "evidence_longer", "rte", "loretta_adp", 0, 3e-3, 0.58, 33_454, "_lr3e-3",
+           dev_curve=[(63, 0.50), (126, 0.53), (189, 0.58)])
+    proc = subprocess.run([sys.executable, "scripts/evidence_tables.py", "--results", str(runs)],
+                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    longer = proc.stdout.split("### Longer training")[1].split("###")[0]
+    assert "| task | method | lr | trainable params | step 63 | step 126 | step 189 | best (reported) |" in longer
+    assert "| rte | lora | 0.003 | 74,498 | 51.0 | 60.0 | 64.0 | 64.0 | 56.0 ± 1.4 (2) | 27.0 |" in longer
+    assert "| rte | loretta_adp | 0.003 | 33,454 | 50.0 | 53.0 | 58.0 | 58.0 | — | 2.0 |" in longer
+    # the longer runs stay out of the comparison at the short budget
+    comparison = proc.stdout.split("### Encoder comparison")[1].split("###")[0]
+    assert "| lora | 0.003 | 74,498 | 1.00× | 80.0 | 56.0 ± 1.4 (2) |" in comparison
 
 
 def test_evidence_tables_without_records(tmp_path):
