@@ -10,7 +10,7 @@
    the paper's DeBERTa-base numbers (Table 1).
 3. LoRETTA ablations (rank, head, layer norms, TT shape), beside their baseline run.
 4. Longer training: the dev score after every evaluation of the longer runs (evidence_longer), from each
-   run's metrics.jsonl, beside the same method's runs at the comparison's budget.
+   record's history, beside the same method's runs at the comparison's budget.
 5. The decoder comparison (SmolLM2-135M, MeZO protocol), beside the paper's LLaMA-2-7B (Table 2).
 Scores are percentages; "(n)" is the number of seeds when it is more than one.
 """
@@ -42,7 +42,6 @@ def load(root: Path) -> list[dict]:
     for path in sorted(root.rglob("results.json")):
         record = json.loads(path.read_text())
         if record.get("status") == "completed":
-            record["run_dir"] = str(path.parent)  # for its metrics.jsonl
             records.append(record)
     return records
 
@@ -180,14 +179,9 @@ def ablations(records: list[dict], task: str = "sst2") -> str:
 
 
 def dev_curve(record: dict) -> dict[int, float]:
-    """step -> the dev score (primary metric, %) of each evaluation in the run's metrics.jsonl."""
-    key, curve = f"dev/{record['primary_metric']}", {}
-    path = Path(record["run_dir"]) / "metrics.jsonl"
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        entry = json.loads(line)
-        if key in entry:
-            curve[entry["step"]] = 100 * entry[key]  # a resumed run logs a step again: the last wins
-    return curve
+    """step -> the dev score (primary metric, %) of each evaluation during training (the record's history)."""
+    metric = record["primary_metric"]
+    return {h["step"]: 100 * h[metric] for h in record.get("history", []) if metric in h}
 
 
 def longer_training(records: list[dict]) -> str:

@@ -306,7 +306,8 @@ def train(cfg) -> dict:
         results.write_json_atomic(out / results.RESULTS, record)
         if not t.keep_checkpoint:
             (ckpt_dir / "last.pt").unlink(missing_ok=True)
-    tracker.log({f"{t.eval_split}/{k}": v for k, v in final.items()}, state.step)
+    if t.eval_split != "dev":  # dev's best is logged at its own step already; again here would be a false curve point
+        tracker.log({f"{t.eval_split}/{k}": v for k, v in final.items()}, state.step)
     tracker.summary({f"final/{k}": v for k, v in final.items()})
     tracker.finish()
     accelerator.print(f"[loretta] done: {t.eval_split} {final} (best step {state.best_step}); {out / results.RESULTS}")

@@ -10,7 +10,7 @@ from .helpers import ENV, REPO
 
 
 def record(root, experiment, task, method, seed, lr, acc, params, variant="", init=None, model="minilm", minutes=2.0,
-           sizes=(300, 100), dev_curve=None):
+           sizes=(300, 100), dev_curve=()):
     folder = root / experiment / task / model / f"{method}{variant}" / f"seed{seed}"
     folder.mkdir(parents=True)
     method_cfg = {"name": method} if init is None else {"name": method, "init_method": init}
@@ -18,12 +18,8 @@ def record(root, experiment, task, method, seed, lr, acc, params, variant="", in
         "task": task, "model": model, "method": method, "seed": seed, "status": "completed", "variant": variant,
         "experiment": experiment, "metrics": {"accuracy": acc}, "primary_metric": "accuracy", "lr": lr,
         "trainable_params": params, "train_time_s": 60 * minutes, "config": {"method": method_cfg},
-        "num_train_examples": sizes[0], "num_eval_examples": sizes[1]}))
-    if dev_curve:  # the runner's metrics.jsonl: training lines, dev evaluations, the final evaluation again
-        lines = [{"step": 1, "train/loss": 0.7}]
-        lines += [{"step": step, "dev/accuracy": value, "dev/loss": 0.6} for step, value in dev_curve]
-        lines.append({"step": dev_curve[-1][0], "dev/accuracy": dev_curve[-1][1]})
-        (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+        "num_train_examples": sizes[0], "num_eval_examples": sizes[1],
+        "history": [{"step": step, "epoch": step / 63, "accuracy": value, "loss": 0.6} for step, value in dev_curve]}))
 
 
 def test_evidence_tables(tmp_path):

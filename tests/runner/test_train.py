@@ -127,6 +127,9 @@ def test_minilm_learns_on_real_sst2(shared_data, tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "sst2" / "minilm" / "lora" / "seed0" / "metrics.jsonl").open()]
     train_losses = [line["train/loss"] for line in lines if "train/loss" in line]
     assert len(train_losses) == 4 and train_losses[-1] < train_losses[0], train_losses
+    # one dev line per evaluation, at its step (the final result is not logged as a dev point again)
+    dev_lines = [line for line in lines if "dev/loss" in line]
+    assert [(line["step"], line["dev/loss"]) for line in dev_lines] == [(h["step"], h["loss"]) for h in history]
 
 
 @pytest.mark.parametrize("method", ["loretta_adp", "loretta_rep", "lora"])
