@@ -196,9 +196,10 @@ def longer_training(records: list[dict]) -> str:
     lines = ["| task | method | lr | trainable params | " + " | ".join(f"step {s}" for s in steps)
              + " | best (reported) | at the comparison's budget | minutes per run |",
              "|---|---|---:|---:|" + "---:|" * len(steps) + "---:|---:|---:|"]
+    short_runs = {task: grid_groups(records, task) for (task, _, _) in by}  # the comparison's runs, per task
     for (task, method, lr), group in sorted(by.items(), key=lambda kv: (kv[0][0], order_key(kv[0][1]), kv[0][2])):
         cells = [fmt([c[s] for c in curves[(task, method, lr)] if s in c]) for s in steps]
-        short = grid_groups(records, task).get((method, default_init(method), lr), [])
+        short = short_runs[task].get((method, default_init(method), lr), [])
         lines.append(f"| {task} | {method} | {lr:g} | {group[0]['trainable_params']:,} | " + " | ".join(cells)
                      + f" | {fmt([score(r) for r in group])} | {fmt([score(r) for r in short])} | {minutes(group)} |")
     return "\n".join(lines)
