@@ -66,7 +66,10 @@ class LorettaAdpLayer(LorettaLayerBase):
 
     def _adapter(self, name: str, h: torch.Tensor) -> torch.Tensor:
         hidden = self._activation_fn[name](self.loretta_adp_down[name](h))
-        return self.loretta_adp_up[name](self.loretta_adp_dropout[name](hidden)) * self.scaling[name]
+        update = self.loretta_adp_up[name](self.loretta_adp_dropout[name](hidden))
+        scaling = self.scaling[name]
+        # the default scaling 1.0 skips an elementwise pass over the activations (forward and backward)
+        return update if scaling == 1.0 else update * scaling
 
     def _active_on(self, side: str) -> list[str]:
         return [a for a in self.active_adapters if a in self.loretta_adp_down and self.side[a] == side]

@@ -54,7 +54,10 @@ class LorettaRepLayer(LorettaLayerBase):
         for name in self._active():
             a, b = self._factors(name)
             h = self.loretta_rep_dropout[name](x)
-            out = out + (h @ a.to(x.dtype)) @ b.to(x.dtype) * self.scaling[name]
+            # the scaling goes on the small (k x out) factor, not on the (tokens x out) product: one
+            # elementwise pass over the activations less, forward and backward (exact for the
+            # default lora_alpha / r = 2, a power of two)
+            out = out + (h @ a.to(x.dtype)) @ (b * self.scaling[name]).to(x.dtype)
         return out
 
     def _factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -317,3 +317,24 @@ def test_noise_reduction_sends_gradient_to_every_output_side_core_at_step_0(meth
     zero_core = grads("identity")
     assert any(g == 0 for g in zero_core)
     assert all(g > 0 for g in grads("noise_reduction"))
+
+
+@pytest.mark.parametrize("method, scale_kw, scales", [
+    ("adp", "scaling", (1.0, 0.5, 3.0)),
+    ("rep", "lora_alpha", (4, 2, 12)),  # r=4: scaling lora_alpha / r = 1.0, 0.5, 3.0
+])
+def test_the_update_is_scaled_as_configured(method, scale_kw, scales):
+    """A layer's update (its output minus the base layer's) is proportional to the scaling."""
+    def update(scale):
+        torch.manual_seed(0)
+        model = get_peft_model(tiny_model("llama", task="CAUSAL_LM"),
+                               METHODS[method]("CAUSAL_LM", init_method="gaussian", **{scale_kw: scale}))
+        layer = next(m for m in model.modules() if isinstance(m, LAYER_CLS[method]))
+        x = torch.randn(2, 5, layer.in_features, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            return layer(x) - layer.get_base_layer()(x)
+
+    unit, *others = (update(s) for s in scales)
+    assert unit.abs().max() > 0
+    for value, scaled in zip((0.5, 3.0), others):
+        torch.testing.assert_close(scaled, unit * value, rtol=1e-5, atol=1e-6)
