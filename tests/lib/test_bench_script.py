@@ -12,7 +12,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_methods.py"
 def test_bench_methods_prints_a_row_per_method(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--preset", "tiny-cpu", "--rounds", "1", "--steps", "1", "--warmup", "0",
+        [sys.executable, str(SCRIPT), "--preset", "tiny-cpu", "--rounds", "2", "--steps", "1", "--warmup", "0",
          "--methods", "floor", "lora", "ia3", "loretta_adp", "loretta_rep", "--out", str(out)],
         capture_output=True, text=True, timeout=600,
     )
@@ -22,6 +22,12 @@ def test_bench_methods_prints_a_row_per_method(tmp_path):
     by_method = {r["method"]: r for r in rows}
     assert by_method["floor"]["trainable_params"] == 0
     assert by_method["floor"]["vs_floor"] == 1.0 and by_method["lora"]["vs_lora"] == 1.0
+    # one ratio to LoRA per round, printed as their range
+    assert by_method["lora"]["vs_lora_by_round"] == [1.0, 1.0]
+    assert all(len(r["vs_lora_by_round"]) == 2 and min(r["vs_lora_by_round"]) > 0 for r in rows)
+    adp_row = next(line for line in proc.stdout.splitlines() if line.startswith("| loretta_adp |"))
+    low, high = sorted(by_method["loretta_adp"]["vs_lora_by_round"])
+    assert adp_row.split("|")[6].strip() in (f"{low:.2f}–{high:.2f}", f"{low:.2f}")
     assert 0 < by_method["loretta_rep"]["trainable_params"] < by_method["lora"]["trainable_params"]
     assert "| loretta_adp |" in proc.stdout
     # deterministic memory: every method saves at least the floor's activations; state is 16 B/param
