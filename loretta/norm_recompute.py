@@ -12,6 +12,8 @@ own forward; the patch is an instance attribute, so state dicts and module names
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -20,7 +22,10 @@ class _RecomputedForward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, module: nn.Module, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
         ctx.module = module
-        ctx.autocast = (x.device.type, torch.is_autocast_enabled(x.device.type), torch.get_autocast_dtype(x.device.type))
+        device_type = x.device.type
+        # devices without autocast (the meta device of shape and FLOP dry runs) recompute without it
+        ctx.autocast = ((device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
+                        if torch.amp.is_autocast_available(device_type) else None)
         ctx.save_for_backward(x, *params)
         with torch.no_grad():
             return type(module).forward(module, x)
@@ -28,11 +33,15 @@ class _RecomputedForward(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         x, *params = ctx.saved_tensors
-        device_type, autocast_enabled, autocast_dtype = ctx.autocast
         x_needs_grad = ctx.needs_input_grad[1]
         x = x.detach().requires_grad_(x_needs_grad)
         # the forward ran under the caller's autocast state; the recomputation must too
-        with torch.enable_grad(), torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_enabled):
+        if ctx.autocast is None:
+            autocast = contextlib.nullcontext()
+        else:
+            device_type, autocast_enabled, autocast_dtype = ctx.autocast
+            autocast = torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_enabled)
+        with torch.enable_grad(), autocast:
             output = type(ctx.module).forward(ctx.module, x)
         inputs = ([x] if x_needs_grad else []) + params
         grads = list(torch.autograd.grad(output, inputs, grad_output, allow_unused=True))

@@ -140,3 +140,19 @@ def test_recompute_inside_gradient_checkpointing_matches(method):
     plain, recomputed = grads(False), grads(True)
     for name in plain:
         torch.testing.assert_close(recomputed[name], plain[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("method", ["adp", "rep"])
+def test_recompute_runs_on_the_meta_device(method):
+    """Shape and FLOP dry runs on the meta device (which has no autocast) go through the recompute."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = get_peft_model(tiny_model("llama", task="CAUSAL_LM"), METHODS[method]("CAUSAL_LM"))
+    model.train()
+    ids = torch.zeros(2, 8, dtype=torch.long, device="meta")
+    with FlopCounterMode(display=False) as flops:
+        model(input_ids=ids, labels=ids).loss.backward()
+    norms = [p for n, p in model.named_parameters() if p.requires_grad and "norm" in n]
+    assert norms and all(p.grad is not None and p.grad.device.type == "meta" for p in norms)
+    assert flops.get_total_flops() > 0
