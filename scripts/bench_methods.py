@@ -10,6 +10,9 @@ method inherits another's allocator state; rounds interleave the methods so that
 machine hits all of them alike. A step is forward + loss + backward + AdamW step. "floor" is the
 frozen model with a full backward pass (the input embeddings require grad) and no weight grads:
 the cost every method pays before its own. Weights are random (only shapes matter for speed).
+Each method's ratio to LoRA is also given within each round (its range over the rounds shows what
+the machine's noise can do to a difference), beside the deterministic arithmetic: the FLOPs of one
+forward and backward pass (torch's FlopCounterMode), which no noise touches.
 
 Memory is reported twice: the peak (CUDA allocator; on the CPU the worker's peak RSS, which is
 noisy), and deterministically what a method adds to the frozen model: the bytes autograd saves for
@@ -166,6 +169,18 @@ def saved_by_module_type(model, forward) -> dict[str, int]:
     return dict(by_type)
 
 
+def step_flops(model, forward) -> int:
+    """Floating-point operations of one forward and backward pass, counted by torch's FlopCounterMode
+    from the shapes of the matrix products and attention (elementwise work and the optimizer are not
+    counted): the arithmetic a method adds, free of the timing noise. The gradients are discarded."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        forward().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
 def saved_activation_bytes(model, forward) -> int:
     """The activation memory a method adds: all bytes saved for backward (see saved_by_module_type)."""
     return sum(saved_by_module_type(model, forward).values())
@@ -207,6 +222,7 @@ def run_worker(preset_name: str, method: str, warmup: int, steps: int) -> dict:
     for _ in range(warmup):
         step()
     activations = saved_activation_bytes(model, forward)
+    flops = step_flops(model, forward)
     times = []
     for _ in range(steps):
         sync()
@@ -220,6 +236,7 @@ def run_worker(preset_name: str, method: str, warmup: int, steps: int) -> dict:
         "step_times": times,
         "peak_memory_bytes": peak_memory_bytes(preset.device),
         "saved_activation_bytes": activations,
+        "flops": flops,
         # fp32 weight, gradient and AdamW's two moments per trainable parameter
         "trainable_state_bytes": 16 * sum(p.numel() for p in params),
     }
@@ -251,6 +268,7 @@ def orchestrate(args) -> list[dict]:
     rows = []
     floor = statistics.median(results["floor"]["step_times"]) if "floor" in results else None
     lora = statistics.median(results["lora"]["step_times"]) if "lora" in results else None
+    lora_flops = results["lora"]["flops"] if "lora" in results else None
     for method in args.methods:
         r = results[method]
         median = statistics.median(r["step_times"])
@@ -264,6 +282,8 @@ def orchestrate(args) -> list[dict]:
             # the rounds shows how much of a difference from LoRA this machine's noise can make
             "vs_lora_by_round": ([m / l for m, l in zip(round_medians[method], round_medians["lora"])]
                                  if lora else None),
+            "gflops_per_step": r["flops"] / 1e9,
+            "flops_vs_lora": r["flops"] / lora_flops if lora_flops else None,
             "peak_memory_gib": r["peak_memory_bytes"] / 2**30,
             "saved_activations_mib": r["saved_activation_bytes"] / 2**20,
             "trainable_state_mib": r["trainable_state_bytes"] / 2**20,
@@ -285,14 +305,15 @@ def markdown(rows, preset_name: str, memory_label: str) -> str:
     lines = [
         f"{preset_name}: {p.model_type} {p.dtype}, batch {p.batch}x{p.length}, {p.device}",
         "",
-        f"| method | trainable params | median step (ms) | / floor | / LoRA | / LoRA, each round | {memory_label} (GiB) "
-        "| saved activations (MiB) | trainable state (MiB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| method | trainable params | median step (ms) | / floor | / LoRA | / LoRA, each round | GFLOP per step "
+        f"| FLOPs / LoRA | {memory_label} (GiB) | saved activations (MiB) | trainable state (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    fmt = lambda v: "—" if v is None else f"{v:.2f}"  # noqa: E731
+    fmt = lambda v, digits=2: "—" if v is None else f"{v:.{digits}f}"  # noqa: E731
     for r in rows:
         lines.append(f"| {r['method']} | {r['trainable_params']:,} | {r['median_step_ms']:.1f} | {fmt(r['vs_floor'])} | "
-                     f"{fmt(r['vs_lora'])} | {ratio_range(r['vs_lora_by_round'])} | {r['peak_memory_gib']:.2f} | "
+                     f"{fmt(r['vs_lora'])} | {ratio_range(r['vs_lora_by_round'])} | {r['gflops_per_step']:,.1f} | "
+                     f"{fmt(r['flops_vs_lora'], 3)} | {r['peak_memory_gib']:.2f} | "
                      f"{r['saved_activations_mib']:.1f} | {r['trainable_state_mib']:.1f} |")
     return "\n".join(lines)
 

@@ -22,6 +22,9 @@ def test_bench_methods_prints_a_row_per_method(tmp_path):
     by_method = {r["method"]: r for r in rows}
     assert by_method["floor"]["trainable_params"] == 0
     assert by_method["floor"]["vs_floor"] == 1.0 and by_method["lora"]["vs_lora"] == 1.0
+    # FLOPs (deterministic): LoRETTA_adp's adapters add matrix products, IA3 only elementwise scaling
+    assert by_method["lora"]["flops_vs_lora"] == 1.0
+    assert by_method["loretta_adp"]["gflops_per_step"] > by_method["ia3"]["gflops_per_step"] > 0
     # one ratio to LoRA per round, printed as their range
     assert by_method["lora"]["vs_lora_by_round"] == [1.0, 1.0]
     assert all(len(r["vs_lora_by_round"]) == 2 and min(r["vs_lora_by_round"]) > 0 for r in rows)
