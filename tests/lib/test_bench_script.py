@@ -50,6 +50,19 @@ def test_activation_memory_breaks_the_saved_bytes_down_by_module_type():
     assert lines[-1].startswith("| **total** |")
 
 
+def test_flops_only_counts_on_the_meta_device_and_names_models_that_cannot_run_there():
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--preset", "tiny-cpu", "--flops-only", "--methods", "floor", "lora", "ia3",
+         "loretta_adp"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[3].strip() for line in proc.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| method")}
+    assert rows["lora"] == "1.000" and float(rows["loretta_adp"]) > 1 > float(rows["ia3"])
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--preset", "deberta-base-cpu", "--flops-only", "--methods",
+                           "lora"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "cannot run on the meta device" in proc.stderr
+
+
 def test_bench_methods_rejects_bad_arguments():
     proc = subprocess.run([sys.executable, str(SCRIPT), "--preset", "nope"], capture_output=True, text=True)
     assert proc.returncode != 0 and "invalid choice: 'nope'" in proc.stderr
