@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 METHODS = ("floor", "ft", "lora", "ia3", "adapters", "loretta_adp", "loretta_rep")
 # not run by default (memory comparisons): LoRETTA with its layer norms frozen, as LoRA leaves them,
@@ -264,7 +264,7 @@ def orchestrate(args) -> list[dict]:
             merged["peak_memory_bytes"] = max(merged["peak_memory_bytes"], record["peak_memory_bytes"])
             round_medians[method].append(statistics.median(record["step_times"]))
             print(f"  round {round_index + 1}/{args.rounds} {method:12s} "
-                  f"median {statistics.median(record['step_times']) * 1e3:8.1f} ms", file=sys.stderr, flush=True)
+                  f"median {round_medians[method][-1] * 1e3:8.1f} ms", file=sys.stderr, flush=True)
     rows = []
     floor = statistics.median(results["floor"]["step_times"]) if "floor" in results else None
     lora = statistics.median(results["lora"]["step_times"]) if "lora" in results else None
@@ -324,11 +324,7 @@ def meta_flops(preset_name: str, methods) -> str:
     The attention is counted as the meta device's kernel choice has it, so totals can differ a
     little from the device's (llama-small-cpu: +2.5%, the same for every method); the ratios agree.
     Models whose code reads tensor values (DeBERTa's relative positions) cannot run there."""
-    import dataclasses
-
-    import torch
-
-    preset = dataclasses.replace(PRESETS[preset_name], device="meta")
+    preset = replace(PRESETS[preset_name], device="meta")
     flops = {}
     for method in methods:
         model = wrap(build_model(preset), method, preset)
