@@ -61,9 +61,13 @@ class RecomputingNormForward:
         module = self.module
         params = [p for p in module.parameters() if p.requires_grad]
         x = args[0] if len(args) == 1 and not kwargs else None
-        if not params or not torch.is_grad_enabled() or not isinstance(x, torch.Tensor):
-            # frozen (e.g. the original module PEFT keeps for disable_adapter), inference, or a
-            # signature other than forward(x): the class's own forward, unchanged
+        if (not params or not torch.is_grad_enabled() or not isinstance(x, torch.Tensor)
+                or torch.compiler.is_compiling()):
+            # frozen (e.g. the original module PEFT keeps for disable_adapter), inference, a
+            # signature other than forward(x): the class's own forward, unchanged. Also under
+            # torch.compile, which cannot trace the autograd.grad of the backward (a graph break at
+            # every norm) and whose partitioner already recomputes cheap elementwise ops like norms
+            # in the backward rather than saving them
             return type(module).forward(module, *args, **kwargs)
         return _RecomputedForward.apply(module, x, *params)
 

@@ -84,6 +84,11 @@ class FrozenCores(nn.Module):
 
     def _cached(self, what: str, build):
         cores = self.tensors()
+        if torch.compiler.is_compiling():
+            # the cache key compares data pointers, which torch.compile cannot trace (a graph break
+            # per layer); compiled, the rebuild is part of the graph (a few small products)
+            with torch.no_grad():
+                return build(cores)
         # rebuilt only when the buffers change (loading, moving to another device)
         key = (what, *((c.data_ptr(), c._version, c.device) for c in cores))
         if key != self._cache_key:
