@@ -12,6 +12,8 @@
 4. Longer training: the dev score after every evaluation of the longer runs (evidence_longer), from each
    record's history, beside the same method's runs at the comparison's budget.
 5. The decoder comparison (SmolLM2-135M, MeZO protocol), beside the paper's LLaMA-2-7B (Table 2).
+6. The decoder learning-rate grid: seed 0 of every decoder task where two or more methods ran at several
+   learning rates (method x lr, the best of each row in bold), so a method's lr can be read off at a glance.
 Scores are percentages; "(n)" is the number of seeds when it is more than one.
 """
 
@@ -231,15 +233,46 @@ def decoder_comparison(records: list[dict], paper: dict) -> str:
     return "\n".join(lines)
 
 
+def decoder_lr_grid(records: list[dict], seed: int = 0) -> str:
+    """Seed `seed` of each decoder task on which two or more methods ran at several lrs; "" if there is none."""
+    by = defaultdict(list)
+    for r in records:
+        if r.get("experiment") == "evidence_decoder" and r["seed"] == seed and r.get("variant") != "_zero-shot":
+            by[(r["task"], r["method"], r["lr"])].append(r)
+    lrs_of = defaultdict(set)
+    for task, method, lr in by:
+        lrs_of[(task, method)].add(lr)
+    tasks = sorted({t for (t, m), lrs in lrs_of.items()
+                    if sum(1 for (t2, _), l2 in lrs_of.items() if t2 == t and len(l2) > 1) > 1})
+    if not tasks:
+        return ""
+    lrs = sorted({lr for (t, _, lr) in by if t in tasks})
+    lines = ["| task | method | trainable params | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | minutes per run |",
+             "|---|---|---:|" + "---:|" * len(lrs) + "---:|"]
+    for task, method in sorted((k for k in lrs_of if k[0] in tasks), key=lambda k: (k[0], order_key(k[1]))):
+        scores = {lr: score(by[(task, method, lr)][0]) for lr in lrs_of[(task, method)]}
+        best = max(scores.values())
+        cells = ["—" if lr not in scores else (f"**{scores[lr]:.1f}**" if len(scores) > 1 and scores[lr] == best
+                                               else f"{scores[lr]:.1f}") for lr in lrs]
+        group = [r for lr in scores for r in by[(task, method, lr)]]
+        lines.append(f"| {task} | {method} | {group[0]['trainable_params']:,} | " + " | ".join(cells)
+                     + f" | {minutes(group)} |")
+    return "\n".join(lines)
+
+
 def render(records: list[dict], paper: dict) -> str:
-    return "\n\n".join([
+    sections = [
         "### SST-2 learning-rate grid (bold: the lr each method is compared at)", lr_grid(records),
         "### Encoder comparison (each method at its best SST-2 lr)", encoder_comparison(records, paper),
         "### LoRETTA ablations on SST-2", ablations(records),
         "### Longer training (dev score after each evaluation; each method at its comparison lr)",
         longer_training(records),
         "### Decoder comparison (SmolLM2-135M, MeZO protocol)", decoder_comparison(records, paper),
-    ]) + "\n"
+    ]
+    grid = decoder_lr_grid(records)
+    if grid:
+        sections += ["### Decoder learning-rate grid (seed 0; bold: each method's best lr)", grid]
+    return "\n\n".join(sections) + "\n"
 
 
 START, END = "<!-- evidence-tables:start -->", "<!-- evidence-tables:end -->"

@@ -105,3 +105,38 @@ def test_evidence_tables_update_the_readme_between_its_markers(tmp_path):
     proc = subprocess.run(args, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "expected one <!-- evidence-tables:start -->" in proc.stderr
     assert readme.read_text() == "no markers here\n"  # untouched
+
+
+def test_evidence_tables_decoder_lr_grid_shows_seed_zero_of_tasks_with_a_grid(tmp_path):
+    runs = tmp_path / "runs"
+    d = "evidence_decoder"
+    for method, params, scores in [("lora", 460_800, {1e-3: 0.40, 3e-3: 0.50, 1e-2: 0.30}),
+                                   ("loretta_rep", 92_886, {1e-3: 0.45, 3e-3: 0.44})]:
+        for lr, value in scores.items():
+            record(runs, d, "squad", method, 0, lr, value, params, f"_lr{lr:g}", model="smollm2", minutes=8.0)
+    record(runs, d, "squad", "lora", 1, 3e-3, 0.99, 460_800, "_lr0.003", model="smollm2")  # seed 1: not in the grid
+    record(runs, d, "squad", "ia3", 0, 1e-2, 0.49, 57_600, "_lr0.01", model="smollm2")
+    record(runs, d, "squad", "ft", 0, 0.0, 0.15, 134_515_008, "_zero-shot", model="smollm2")
+    # copa: only one method at several lrs, so no grid
+    record(runs, d, "copa", "loretta_rep", 0, 3e-3, 0.61, 92_886, "_lr0.003", model="smollm2")
+    record(runs, d, "copa", "loretta_rep", 0, 1e-2, 0.60, 92_886, "_lr0.01", model="smollm2")
+    record(runs, d, "copa", "lora", 0, 3e-3, 0.62, 460_800, "_lr0.003", model="smollm2")
+    proc = subprocess.run([sys.executable, "scripts/evidence_tables.py", "--results", str(runs)],
+                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    grid = proc.stdout.split("### Decoder learning-rate grid")[1]
+    assert "| task | method | trainable params | lr 0.001 | lr 0.003 | lr 0.01 | minutes per run |" in grid
+    assert "| squad | lora | 460,800 | 40.0 | **50.0** | 30.0 | 8.0 |" in grid
+    assert "| squad | ia3 | 57,600 | — | — | 49.0 | 2.0 |" in grid
+    assert "| squad | loretta_rep | 92,886 | **45.0** | 44.0 | — | 8.0 |" in grid
+    assert grid.index("| squad | lora |") < grid.index("| squad | ia3 |") < grid.index("| squad | loretta_rep |")
+    assert "zero-shot" not in grid and "| copa |" not in grid
+
+
+def test_evidence_tables_leave_out_the_decoder_grid_without_one(tmp_path):
+    runs = tmp_path / "runs"
+    record(runs, "evidence_decoder", "copa", "lora", 0, 3e-3, 0.62, 460_800, "_lr0.003", model="smollm2")
+    proc = subprocess.run([sys.executable, "scripts/evidence_tables.py", "--results", str(runs)],
+                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "### Decoder comparison" in proc.stdout and "learning-rate grid (seed 0" not in proc.stdout
