@@ -145,6 +145,34 @@ def test_save_and_load_round_trip_everything_trained(tmp_path, family, method, i
         torch.testing.assert_close(restored[name], p, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("family", ["bert", "llama"])
+@pytest.mark.parametrize("method", ["adp", "rep"])
+def test_auto_peft_model_loads_for_inference_and_is_trainable_resumes_training(tmp_path, family, method):
+    from peft import AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification
+
+    task = _task(family)
+    base = tiny_model(family, task=task)
+    base.save_pretrained(tmp_path / "base")
+    model = get_peft_model(base, METHODS[method](task))
+    model.peft_config["default"].base_model_name_or_path = str(tmp_path / "base")  # what a hub id would be
+    _perturb_adapters(model)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    batch = tiny_batch(model)
+    expected = _logits(model.eval(), batch)
+    model.save_pretrained(tmp_path / "adapter")
+
+    auto_cls = AutoPeftModelForSequenceClassification if task == "SEQ_CLS" else AutoPeftModelForCausalLM
+    loaded = auto_cls.from_pretrained(tmp_path / "adapter")
+    torch.testing.assert_close(_logits(loaded.eval(), batch), expected)
+    assert not any(p.requires_grad for p in loaded.parameters())  # PEFT's default: inference only
+
+    resumed = PeftModel.from_pretrained(tiny_model(family, task=task), tmp_path / "adapter", is_trainable=True)
+    assert {n for n, p in resumed.named_parameters() if p.requires_grad} == trained
+    labels = batch["input_ids"] if task == "CAUSAL_LM" else torch.zeros(len(batch["input_ids"]), dtype=torch.long)
+    resumed.train()(**batch, labels=labels).loss.backward()
+    assert all(p.grad is not None for p in resumed.parameters() if p.requires_grad)
+
+
 def test_saved_file_holds_cores_biases_norms_and_head_only(tmp_path):
     from safetensors.torch import load_file
 
