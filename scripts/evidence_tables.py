@@ -26,7 +26,7 @@ import os
 import statistics
 import sys
 import tempfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import yaml
@@ -207,13 +207,19 @@ def longer_training(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def decoder_comparison(records: list[dict], paper: dict) -> str:
+def decoder_groups(records: list[dict], seed: int | None = None) -> dict:
+    """(task, method, lr) -> the decoder runs (of seed `seed`, or every seed)."""
     by = defaultdict(list)
     for r in records:
-        if r.get("experiment") == "evidence_decoder":
+        if r.get("experiment") == "evidence_decoder" and seed in (None, r["seed"]):
             # `method=ft train.lr=0 variant=_zero-shot`: the untrained model through the same evaluation
             method = "zero-shot" if r.get("variant") == "_zero-shot" else r["method"]
             by[(r["task"], method, r["lr"])].append(r)
+    return by
+
+
+def decoder_comparison(records: list[dict], paper: dict) -> str:
+    by = decoder_groups(records)
     tasks = sorted({t for (t, _, _) in by})
     lines = ["| task | train / test examples | method | lr | trainable params | test score | minutes per run "
              "| paper LLaMA-2-7B: params | paper score |",
@@ -235,15 +241,12 @@ def decoder_comparison(records: list[dict], paper: dict) -> str:
 
 def decoder_lr_grid(records: list[dict], seed: int = 0) -> str:
     """Seed `seed` of each decoder task on which two or more methods ran at several lrs; "" if there is none."""
-    by = defaultdict(list)
-    for r in records:
-        if r.get("experiment") == "evidence_decoder" and r["seed"] == seed and r.get("variant") != "_zero-shot":
-            by[(r["task"], r["method"], r["lr"])].append(r)
+    by = {key: group for key, group in decoder_groups(records, seed).items() if key[1] != "zero-shot"}
     lrs_of = defaultdict(set)
     for task, method, lr in by:
         lrs_of[(task, method)].add(lr)
-    tasks = sorted({t for (t, m), lrs in lrs_of.items()
-                    if sum(1 for (t2, _), l2 in lrs_of.items() if t2 == t and len(l2) > 1) > 1})
+    methods_with_several_lrs = Counter(task for (task, _), lrs in lrs_of.items() if len(lrs) > 1)
+    tasks = sorted(task for task, count in methods_with_several_lrs.items() if count > 1)
     if not tasks:
         return ""
     lrs = sorted({lr for (t, _, lr) in by if t in tasks})
