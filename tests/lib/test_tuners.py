@@ -188,6 +188,34 @@ def test_saved_file_holds_cores_biases_norms_and_head_only(tmp_path):
 
 
 @pytest.mark.parametrize("method", ["adp", "rep"])
+def test_peft_low_level_api_injects_and_round_trips_the_state_dict(method):
+    """PEFT's wrapper-free API (inject_adapter_in_model / get_ / set_peft_model_state_dict), as
+    custom trainers and diffusers-style code use it: same layers, same saved set, exact restore."""
+    from peft import get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+
+    def injected(adapter_seed):
+        base = tiny_model("llama", task="CAUSAL_LM")
+        torch.manual_seed(adapter_seed)
+        return inject_adapter_in_model(METHODS[method]("CAUSAL_LM"), base).eval()
+
+    model = injected(adapter_seed=0)
+    assert sum(isinstance(m, LAYER_CLS[method]) for m in model.modules()) > 0
+    batch = tiny_batch(model)
+    base_logits = _logits(model, batch)
+    _perturb_adapters(model)
+    adapted = _logits(model, batch)
+    assert not torch.allclose(base_logits, adapted)
+    saved = get_peft_model_state_dict(model)
+    assert any("layernorm" in k for k in saved) and not any("base_layer" in k for k in saved)
+
+    other = injected(adapter_seed=1)  # other initial cores, all overwritten by the load
+    assert not torch.allclose(_logits(other, batch), adapted)
+    result = set_peft_model_state_dict(other, saved)
+    assert not result.unexpected_keys
+    torch.testing.assert_close(_logits(other, batch), adapted)
+
+
+@pytest.mark.parametrize("method", ["adp", "rep"])
 def test_disable_adapter_gives_the_base_model(method):
     base = tiny_model("llama", task="CAUSAL_LM")
     batch = tiny_batch(base)
