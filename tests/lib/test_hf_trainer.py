@@ -1,0 +1,60 @@
+"""A LoRETTA PeftModel under transformers' Trainer: it trains, checkpoints the adapter (not the base),
+and resuming from a checkpoint continues exactly where the uninterrupted run went."""
+
+import os
+
+import pytest
+import torch
+from transformers import Trainer, TrainingArguments
+
+from loretta import LorettaAdpConfig, LorettaRepConfig, get_peft_model
+
+from .tiny_models import tiny_model
+
+CONFIGS = {
+    "adp": lambda: LorettaAdpConfig(task_type="SEQ_CLS", tensor_rank=3, bottleneck_size=8),
+    "rep": lambda: LorettaRepConfig(task_type="SEQ_CLS", tensor_rank=3, r=4, lora_dropout=0.0),
+}
+
+
+class RandomPairs(torch.utils.data.Dataset):
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, i):
+        ids = torch.randint(0, 100, (8,), generator=torch.Generator().manual_seed(i))
+        return {"input_ids": ids, "attention_mask": torch.ones(8, dtype=torch.long), "labels": torch.tensor(i % 2)}
+
+
+def _trainer(method, output_dir):
+    args = TrainingArguments(output_dir=str(output_dir), per_device_train_batch_size=4, num_train_epochs=2,
+                             learning_rate=1e-2, save_strategy="epoch", logging_steps=1, report_to=[],
+                             use_cpu=True, disable_tqdm=True, seed=0)
+    model = get_peft_model(tiny_model("bert", task="SEQ_CLS"), CONFIGS[method]())
+    return Trainer(model=model, args=args, train_dataset=RandomPairs())
+
+
+def _losses(trainer):
+    return {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}
+
+
+@pytest.mark.parametrize("method", ["adp", "rep"])
+def test_trainer_trains_checkpoints_the_adapter_and_resumes_exactly(tmp_path, method):
+    full = _trainer(method, tmp_path)
+    initial = {n: p.detach().clone() for n, p in full.model.named_parameters() if p.requires_grad}
+    full.train()
+    assert all(not torch.equal(p, initial[n]) for n, p in full.model.named_parameters() if p.requires_grad)
+    losses = _losses(full)
+    assert sorted(losses) == list(range(1, 9))
+    checkpoint = tmp_path / "checkpoint-4"
+    files = set(os.listdir(checkpoint))
+    assert {"adapter_model.safetensors", "adapter_config.json", "optimizer.pt"} <= files
+    assert "model.safetensors" not in files  # the frozen base is not copied into every checkpoint
+
+    resumed = _trainer(method, tmp_path / "resumed")
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    after = _losses(resumed)  # steps 1-4 come back from the checkpoint's trainer_state.json
+    assert sorted(after) == list(range(1, 9))
+    assert [after[s] for s in range(5, 9)] == pytest.approx([losses[s] for s in range(5, 9)], rel=1e-5)
+    for name, value in resumed.model.state_dict().items():
+        torch.testing.assert_close(value, full.model.state_dict()[name], msg=name)
