@@ -6,7 +6,9 @@ from peft import PeftModel
 
 from loretta import LorettaAdpConfig, LorettaAdpLayer, LorettaRepConfig, LorettaRepLayer, TaskType, TTLinear, get_peft_model
 
-from .tiny_models import DECODERS, ENCODERS, FAMILIES, tiny_batch, tiny_model
+from loretta.presets import FAMILY_PRESETS
+
+from .tiny_models import ALL_FAMILIES, DECODERS, ENCODERS, FAMILIES, SIBLING_ENCODERS, tiny_batch, tiny_model
 
 METHODS = {
     "adp": lambda task, **kw: LorettaAdpConfig(task_type=task, tensor_rank=3, bottleneck_size=8, **kw),
@@ -16,7 +18,7 @@ LAYER_CLS = {"adp": LorettaAdpLayer, "rep": LorettaRepLayer}
 
 
 def _task(family):
-    return "SEQ_CLS" if family in ENCODERS else "CAUSAL_LM"
+    return "SEQ_CLS" if family in ENCODERS + SIBLING_ENCODERS else "CAUSAL_LM"
 
 
 def _logits(model, batch):
@@ -72,7 +74,11 @@ def test_token_classification_and_seq2seq_models():
     assert s2s(**batch, decoder_input_ids=batch["input_ids"]).logits.shape == (2, 8, 100)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+def test_every_preset_family_is_tested():
+    assert sorted(ALL_FAMILIES) == sorted(FAMILY_PRESETS)
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 @pytest.mark.parametrize("method", ["adp", "rep"])
 def test_default_placement_and_training_step(family, method):
     task = _task(family)

@@ -6,6 +6,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceC
 ENCODERS = ["bert", "roberta", "deberta", "deberta-v2", "mpnet"]
 DECODERS = ["opt", "gpt2", "llama", "mistral", "gemma", "gemma3_text"]
 FAMILIES = ENCODERS + DECODERS
+# preset families whose architecture repeats one above: placement and a training step are tested
+SIBLING_ENCODERS = ["xlm-roberta"]
+SIBLING_DECODERS = ["qwen2", "gemma2"]
+ALL_FAMILIES = FAMILIES + SIBLING_ENCODERS + SIBLING_DECODERS
 
 
 def tiny_config(model_type: str, **overrides):
@@ -17,9 +21,9 @@ def tiny_config(model_type: str, **overrides):
     else:
         kw = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=100,
                   max_position_embeddings=64)
-        if model_type in DECODERS:
+        if model_type in DECODERS + SIBLING_DECODERS:
             kw.update(num_key_value_heads=2, head_dim=16)  # grouped-query attention
-    if model_type in ("roberta", "mpnet"):
+    if model_type in ("roberta", "xlm-roberta", "mpnet"):
         kw.update(pad_token_id=1)
     else:
         kw.update(pad_token_id=0)
