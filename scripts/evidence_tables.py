@@ -14,6 +14,9 @@
 5. The decoder comparison (SmolLM2-135M, MeZO protocol), beside the paper's LLaMA-2-7B (Table 2).
 6. The decoder learning-rate grid: seed 0 of every decoder task where two or more methods ran at several
    learning rates (method x lr, the best of each row in bold), so a method's lr can be read off at a glance.
+7. A larger encoder: evidence_glue runs on any model but MiniLM (all-mpnet-base-v2 has DeBERTa-base's width
+   and depth), each beside MiniLM's runs at the same setting and the paper's DeBERTa-base; omitted without any.
+Tables 1-4 are MiniLM's.
 Scores are percentages; "(n)" is the number of seeds when it is more than one.
 """
 
@@ -36,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 ORDER = ["zero-shot", "ft", "adapters", "lora", "lora_r4", "bitfit", "ia3", "prefix", "loretta_adp", "loretta_rep"]
 ENCODER_TASKS = ["sst2", "rte", "mrpc"]
 ENCODER_EXPERIMENTS = ("evidence_glue", "evidence_ablation")
+ENCODER_MODEL = "minilm"  # the encoder of tables 1-4; runs on other models go to the larger-encoder table
 PAPER_ENCODER_NAMES = {"adapters": "adapters_r8"}  # our dense adapters beside the paper's "Adapters"
 
 
@@ -84,11 +88,12 @@ def is_base_setting(record: dict) -> bool:
     return record.get("experiment") == "evidence_ablation" and variant.startswith("_init-") and "shape" not in variant
 
 
-def grid_groups(records: list[dict], task: str) -> dict:
-    """(method, init, lr) -> records of the base setting on `task`."""
+def grid_groups(records: list[dict], task: str, model: str = ENCODER_MODEL) -> dict:
+    """(method, init, lr) -> records of the base setting on `task` with `model`."""
     by = defaultdict(list)
     for r in records:
-        if r["task"] == task and r.get("experiment") in ENCODER_EXPERIMENTS and is_base_setting(r):
+        if (r["task"] == task and r["model"] == model and r.get("experiment") in ENCODER_EXPERIMENTS
+                and is_base_setting(r)):
             by[(r["method"], init_of(r), r["lr"])].append(r)
     return by
 
@@ -166,7 +171,8 @@ def ablations(records: list[dict], task: str = "sst2") -> str:
     base = grid_groups(records, task)
     rows = defaultdict(list)
     for r in records:
-        if r["task"] != task or r.get("experiment") != "evidence_ablation" or is_base_setting(r):
+        if (r["task"] != task or r["model"] != ENCODER_MODEL or r.get("experiment") != "evidence_ablation"
+                or is_base_setting(r)):
             continue
         rows[(r["method"], init_of(r), r["lr"], r.get("variant", ""), r["trainable_params"])].append(r)
     lines = ["| method | init | lr | setting | trainable params | SST-2 | baseline (rank 5, tensorized head, trainable norms, default shape) |",
@@ -180,6 +186,35 @@ def ablations(records: list[dict], task: str = "sst2") -> str:
     return "\n".join(lines)
 
 
+def larger_encoders(records: list[dict], paper: dict) -> str:
+    """evidence_glue runs on models other than MiniLM, beside MiniLM's at the same (task, method, init, lr)
+    and the paper's DeBERTa-base; "" if there are none."""
+    models = sorted({r["model"] for r in records if r.get("experiment") == "evidence_glue"} - {ENCODER_MODEL})
+    if not models:
+        return ""
+    lines = ["| model | task | method | lr | trainable params | params / LoRA r=8 | score | MiniLM, same setting "
+             "| minutes per run | paper DeBERTa-base: params | paper score |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for model in models:
+        tasks = sorted({r["task"] for r in records if r["model"] == model and r.get("experiment") == "evidence_glue"},
+                       key=lambda t: (ENCODER_TASKS.index(t) if t in ENCODER_TASKS else len(ENCODER_TASKS), t))
+        for task in tasks:
+            here, minilm = grid_groups(records, task, model), grid_groups(records, task)
+            lora = [g[0]["trainable_params"] for (m, _, _), g in here.items() if m == "lora"]
+            for (method, init, lr), group in sorted(here.items(), key=lambda kv: (order_key(kv[0][0]), str(kv[0][1]),
+                                                                                    kv[0][2])):
+                params = group[0]["trainable_params"]
+                name = PAPER_ENCODER_NAMES.get(method, method)
+                paper_score = paper.get(("table1", "deberta-base", name, "", task))
+                paper_params = paper.get(("table1", "deberta-base", name, "", "params"))
+                lines.append(f"| {model} | {task} | {method} | {lr:g} | {params:,} | "
+                             f"{f'{params / lora[0]:.2f}×' if lora else '—'} | {fmt([score(r) for r in group])} | "
+                             f"{fmt([score(r) for r in minilm.get((method, init, lr), [])])} | {minutes(group)} | "
+                             f"{'—' if paper_params is None else f'{paper_params:g}M'} | "
+                             f"{'—' if paper_score is None else f'{paper_score:.1f}'} |")
+    return "\n".join(lines)
+
+
 def dev_curve(record: dict) -> dict[int, float]:
     """step -> the dev score (primary metric, %) of each evaluation during training (the record's history)."""
     metric = record["primary_metric"]
@@ -189,7 +224,7 @@ def dev_curve(record: dict) -> dict[int, float]:
 def longer_training(records: list[dict]) -> str:
     by = defaultdict(list)
     for r in records:
-        if r.get("experiment") == "evidence_longer":
+        if r.get("experiment") == "evidence_longer" and r["model"] == ENCODER_MODEL:
             by[(r["task"], r["method"], r["lr"])].append(r)
     if not by:
         return "No runs yet (configs/experiment/evidence_longer_minilm.yaml has the commands)."
@@ -275,6 +310,9 @@ def render(records: list[dict], paper: dict) -> str:
     grid = decoder_lr_grid(records)
     if grid:
         sections += ["### Decoder learning-rate grid (seed 0; bold: each method's best lr)", grid]
+    larger = larger_encoders(records, paper)
+    if larger:
+        sections += ["### A larger encoder (each method at its MiniLM comparison lr)", larger]
     return "\n\n".join(sections) + "\n"
 
 

@@ -58,6 +58,7 @@ def test_evidence_tables(tmp_path):
     assert "| loretta_adp | noise_reduction | 0.003 | shape-4-4-4-6 | 30,000 | 70.0 | 75.0 |" in ablation
     decoder = md.split("### Decoder comparison")[1]
     assert "| copa | 300 / 100 | loretta_adp | 0.003 | 80,000 | 64.0 | 9.0 | 0.88M | 87 |" in decoder
+    assert "### A larger encoder" not in md  # MiniLM only
     assert decoder.index("| copa | 300 / 100 | zero-shot | 0 | 0 | 55.0 |") < decoder.index("| copa | 300 / 100 | loretta_adp")
     assert "| cb | 64 / 56 | lora | 0.003 | 460,800 | 50.0 | 2.0 | 4.19M | 67.86 |" in decoder
 
@@ -140,3 +141,29 @@ def test_evidence_tables_leave_out_the_decoder_grid_without_one(tmp_path):
                           cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "### Decoder comparison" in proc.stdout and "learning-rate grid (seed 0" not in proc.stdout
+
+
+def test_evidence_tables_keep_a_larger_encoder_out_of_minilms_tables_and_show_it_beside_them(tmp_path):
+    runs = tmp_path / "runs"
+    g = "evidence_glue"
+    record(runs, g, "sst2", "lora", 0, 3e-3, 0.80, 74_498, "_lr3e-3")
+    record(runs, g, "sst2", "lora", 1, 3e-3, 0.82, 74_498, "_lr3e-3")
+    record(runs, g, "sst2", "loretta_adp", 0, 3e-3, 0.77, 33_454, "_lr3e-3", init="noise_reduction")
+    record(runs, g, "sst2", "lora", 0, 3e-3, 0.90, 296_450, "_lr3e-3", model="mpnet", minutes=20.0)
+    record(runs, g, "sst2", "lora", 0, 1e-2, 0.99, 296_450, "_lr1e-2", model="mpnet")  # would win MiniLM's grid
+    record(runs, g, "sst2", "loretta_adp", 0, 3e-3, 0.88, 99_194, "_lr3e-3", init="noise_reduction", model="mpnet")
+    record(runs, g, "rte", "loretta_adp", 0, 3e-3, 0.60, 99_194, "_lr3e-3", init="noise_reduction", model="mpnet")
+    proc = subprocess.run([sys.executable, "scripts/evidence_tables.py", "--results", str(runs)],
+                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    grid = proc.stdout.split("### SST-2 learning-rate grid")[1].split("###")[0]
+    assert "| lora | — | 74,498 | **81.0 ± 1.4 (2)** | 2.0 |" in grid and "296,450" not in grid
+    comparison = proc.stdout.split("### Encoder comparison")[1].split("###")[0]
+    assert "| lora | 0.003 | 74,498 | 1.00× | 81.0 ± 1.4 (2) |" in comparison and "mpnet" not in comparison
+    larger = proc.stdout.split("### A larger encoder")[1]
+    assert ("| mpnet | sst2 | lora | 0.003 | 296,450 | 1.00× | 90.0 | 81.0 ± 1.4 (2) | 20.0 | 0.3M | 95.0 |"
+            in larger)
+    assert "| mpnet | sst2 | lora | 0.01 | 296,450 | 1.00× | 99.0 | — |" in larger
+    assert "| mpnet | sst2 | loretta_adp | 0.003 | 99,194 | 0.33× | 88.0 | 77.0 | 2.0 | 0.1M | 95.3 |" in larger
+    assert "| mpnet | rte | loretta_adp | 0.003 | 99,194 | — | 60.0 | — |" in larger  # no LoRA run on RTE
+    assert larger.index("| sst2 | lora | 0.003") < larger.index("| sst2 | lora | 0.01") < larger.index("| rte |")
