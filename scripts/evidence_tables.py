@@ -312,7 +312,7 @@ def render(records: list[dict], paper: dict) -> str:
         sections += ["### Decoder learning-rate grid (seed 0; bold: each method's best lr)", grid]
     larger = larger_encoders(records, paper)
     if larger:
-        sections += ["### A larger encoder (each method at its MiniLM comparison lr)", larger]
+        sections += ["### A larger encoder (MiniLM's protocol; MiniLM's score at the same setting beside)", larger]
     return "\n\n".join(sections) + "\n"
 
 
