@@ -110,6 +110,15 @@ def best_lrs(records: list[dict], task: str = "sst2", seed: int = 0) -> dict[str
     return {m: lr for m, (lr, _) in best.items()}
 
 
+def paper_deberta(paper: dict, method: str, what: str):
+    """The paper's DeBERTa-base (Table 1) entry for our `method`: a task's score, or "params" (in M)."""
+    return paper.get(("table1", "deberta-base", PAPER_ENCODER_NAMES.get(method, method), "", what))
+
+
+def millions(value) -> str:
+    return "—" if value is None else f"{value:g}M"
+
+
 def order_key(method: str):
     return (ORDER.index(method) if method in ORDER else len(ORDER), method)
 
@@ -155,14 +164,12 @@ def encoder_comparison(records: list[dict], paper: dict) -> str:
         means = [statistics.mean(score(r) for r in g) for g in per_task if g]
         average = f"{statistics.mean(means):.1f}" if len(means) == len(ENCODER_TASKS) else "—"
         ratio = f"{params / lora_params:.2f}×" if lora_params else "—"
-        name = PAPER_ENCODER_NAMES.get(method, method)
-        paper_scores = [paper.get(("table1", "deberta-base", name, "", t)) for t in ENCODER_TASKS]
-        paper_params = paper.get(("table1", "deberta-base", name, "", "params"))
+        paper_scores = [paper_deberta(paper, method, t) for t in ENCODER_TASKS]
         paper_avg = (f"{statistics.mean(paper_scores):.1f}" if all(s is not None for s in paper_scores) else "—")
         lines.append(f"| {method} | {key[2]:g} | {params:,} | {ratio} | "
                      + " | ".join(fmt([score(r) for r in g]) for g in per_task)
                      + f" | {average} | " + " / ".join(minutes(g) for g in per_task)
-                     + f" | {'—' if paper_params is None else f'{paper_params:g}M'} | "
+                     + f" | {millions(paper_deberta(paper, method, 'params'))} | "
                      + " | ".join("—" if s is None else f"{s:.1f}" for s in paper_scores) + f" | {paper_avg} |")
     return "\n".join(lines)
 
@@ -204,13 +211,11 @@ def larger_encoders(records: list[dict], paper: dict) -> str:
             for (method, init, lr), group in sorted(here.items(), key=lambda kv: (order_key(kv[0][0]), str(kv[0][1]),
                                                                                     kv[0][2])):
                 params = group[0]["trainable_params"]
-                name = PAPER_ENCODER_NAMES.get(method, method)
-                paper_score = paper.get(("table1", "deberta-base", name, "", task))
-                paper_params = paper.get(("table1", "deberta-base", name, "", "params"))
+                paper_score = paper_deberta(paper, method, task)
                 lines.append(f"| {model} | {task} | {method} | {lr:g} | {params:,} | "
                              f"{f'{params / lora[0]:.2f}×' if lora else '—'} | {fmt([score(r) for r in group])} | "
                              f"{fmt([score(r) for r in minilm.get((method, init, lr), [])])} | {minutes(group)} | "
-                             f"{'—' if paper_params is None else f'{paper_params:g}M'} | "
+                             f"{millions(paper_deberta(paper, method, 'params'))} | "
                              f"{'—' if paper_score is None else f'{paper_score:.1f}'} |")
     return "\n".join(lines)
 
@@ -269,7 +274,7 @@ def decoder_comparison(records: list[dict], paper: dict) -> str:
             sizes = f"{group[0].get('num_train_examples', '—')} / {group[0].get('num_eval_examples', '—')}"
             lines.append(f"| {task} | {sizes} | {method} | {lr:g} | {params} | "
                          f"{fmt([score(r) for r in group])} | {minutes(group)} | "
-                         f"{'—' if paper_params is None else f'{paper_params:g}M'} | "
+                         f"{millions(paper_params)} | "
                          f"{'—' if paper_score is None else f'{paper_score:g}'} |")
     return "\n".join(lines)
 
