@@ -6,6 +6,7 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
+from .mixed_batch import BASE, sub_batches
 from .presets import linear_features
 from .tt_linear import TTLinear
 from .tt_shapes import resolve_tt_shape
@@ -40,3 +41,13 @@ class LorettaLayerBase(nn.Module, BaseTunerLayer):
     def _finish_update(self, adapter_name: str) -> None:
         # New adapters start active only if they are the active one (peft's convention).
         self.set_adapter(self.active_adapters)
+
+    def _mixed_sub_batches(self, x: torch.Tensor, adapter_names, adapters: nn.ModuleDict):
+        """The (adapter, rows of x) groups of a mixed batch that this layer adapts."""
+        if self.merged:
+            raise ValueError(
+                "adapter_names (mixed adapter batches) cannot be used while adapters are merged: "
+                "call unmerge_adapter() first"
+            )
+        groups = sub_batches(x, adapter_names, type(self).__name__)
+        return [(name, rows) for name, rows in groups if name != BASE and name in adapters]

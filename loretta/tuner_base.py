@@ -9,10 +9,12 @@ like any auxiliary module.
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
+from .mixed_batch import adapter_names_hooks
 from .norm_recompute import recompute_in_backward, restore_forward
 from .presets import FAMILY_PRESETS, linear_features, linear_layer_names, name_matches, norm_module_names, preset_for
 from .tt_linear import TTLinear
@@ -39,6 +41,17 @@ class LorettaTunerBase(BaseTuner):
     # subclasses: which preset fields give the default targets
     def _default_targets(self, preset, config) -> None:
         raise NotImplementedError
+
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args, **kwargs):
+        # PeftModel enters this around every forward / generate; without it, adapter_names would be
+        # dropped silently and every sample would run the active adapter.
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is None:
+            yield
+            return
+        with adapter_names_hooks(self, self.tuner_layer_cls, adapter_names, kwargs.get("num_beams")):
+            yield
 
     def _prepare_adapter_config(self, peft_config, model_config):
         # Defaults are resolved in _prepare_model, where the model is at hand for error messages.

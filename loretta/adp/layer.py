@@ -74,7 +74,9 @@ class LorettaAdpLayer(LorettaLayerBase):
     def _active_on(self, side: str) -> list[str]:
         return [a for a in self.active_adapters if a in self.loretta_adp_down and self.side[a] == side]
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *args, adapter_names=None, **kwargs) -> torch.Tensor:
+        if adapter_names is not None:
+            return self._mixed_batch_forward(x, *args, adapter_names=adapter_names, **kwargs)
         if self.disable_adapters:
             return self.base_layer(x, *args, **kwargs)
         for name in self._active_on(INPUT_SIDE):
@@ -82,6 +84,17 @@ class LorettaAdpLayer(LorettaLayerBase):
         out = self.base_layer(x, *args, **kwargs)
         for name in self._active_on(OUTPUT_SIDE):
             out = out + self._adapter(name, out)
+        return out
+
+    def _mixed_batch_forward(self, x: torch.Tensor, *args, adapter_names, **kwargs) -> torch.Tensor:
+        groups = self._mixed_sub_batches(x, adapter_names, self.loretta_adp_down)
+        for name, index in groups:
+            if self.side[name] == INPUT_SIDE:
+                x = x.index_add(0, index, self._adapter(name, x[index]))
+        out = self.base_layer(x, *args, **kwargs)
+        for name, index in groups:
+            if self.side[name] == OUTPUT_SIDE:
+                out = out.index_add(0, index, self._adapter(name, out[index]))
         return out
 
     def merge(self, safe_merge: bool = False, adapter_names=None) -> None:

@@ -43,7 +43,9 @@ class LorettaRepLayer(LorettaLayerBase):
     def _active(self) -> list[str]:
         return [a for a in self.active_adapters if a in self.loretta_rep_A]
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *args, adapter_names=None, **kwargs) -> torch.Tensor:
+        if adapter_names is not None:
+            return self._mixed_batch_forward(x, *args, adapter_names=adapter_names, **kwargs)
         if self.disable_adapters:
             if self.merged:
                 self.unmerge()
@@ -52,12 +54,22 @@ class LorettaRepLayer(LorettaLayerBase):
         if self.merged:
             return out
         for name in self._active():
-            a, b = self._factors(name)
-            h = self.loretta_rep_dropout[name](x)
-            # the scaling goes on the small (k x out) factor, not on the (tokens x out) product: one
-            # elementwise pass over the activations less, forward and backward (exact for the
-            # default lora_alpha / r = 2, a power of two)
-            out = out + (h @ a.to(x.dtype)) @ (b * self.scaling[name]).to(x.dtype)
+            out = out + self._update(name, x)
+        return out
+
+    def _update(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        a, b = self._factors(name)
+        h = self.loretta_rep_dropout[name](x)
+        # the scaling goes on the small (k x out) factor, not on the (tokens x out) product: one
+        # elementwise pass over the activations less, forward and backward (exact for the
+        # default lora_alpha / r = 2, a power of two)
+        return (h @ a.to(x.dtype)) @ (b * self.scaling[name]).to(x.dtype)
+
+    def _mixed_batch_forward(self, x: torch.Tensor, *args, adapter_names, **kwargs) -> torch.Tensor:
+        groups = self._mixed_sub_batches(x, adapter_names, self.loretta_rep_A)
+        out = self.base_layer(x, *args, **kwargs)
+        for name, index in groups:
+            out = out.index_add(0, index, self._update(name, x[index]).to(out.dtype))
         return out
 
     def _factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
