@@ -31,6 +31,21 @@ class LorettaConfigBase(PeftConfig):
         default=None,
         metadata={"help": "Module names (or a regex) to adapt; None uses the model family's preset."},
     )
+    exclude_modules: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "Module names (or a regex) never to adapt, as in PEFT's LoRA."}
+    )
+    layers_to_transform: Optional[Union[list[int], int]] = field(
+        default=None,
+        metadata={
+            "help": "Adapt only these layer indices (as in PEFT's LoRA); the trainable layer norms inside other "
+            "numbered layers stay frozen too. None: every layer."
+        },
+    )
+    layers_pattern: Optional[Union[list[str], str]] = field(
+        default=None,
+        metadata={"help": "Name of the module list that layers_to_transform indexes (e.g. 'layers', 'h'); "
+                  "None: the first numbered module list in each name."},
+    )
     tensor_rank: int = field(default=5, metadata={"help": "Inner rank of every tensor-train core."})
     tensorized_head: bool = field(
         default=True,
@@ -72,5 +87,24 @@ class LorettaConfigBase(PeftConfig):
         validate_tt_shapes_mapping(self.tt_shapes)
         if isinstance(self.target_modules, (set, tuple)):
             self.target_modules = sorted(self.target_modules)
+        if isinstance(self.exclude_modules, (set, tuple)):
+            self.exclude_modules = sorted(self.exclude_modules)
+        self._validate_layer_selection()
         if self.modules_to_save is not None:
             self.modules_to_save = list(self.modules_to_save)
+
+    def _validate_layer_selection(self) -> None:
+        layers = self.layers_to_transform
+        if isinstance(layers, tuple):
+            layers = self.layers_to_transform = list(layers)
+        as_list = [layers] if isinstance(layers, int) else layers
+        valid = isinstance(as_list, list) and all(type(i) is int and i >= 0 for i in as_list)
+        if layers is not None and not valid:
+            raise ValueError(f"layers_to_transform must be a layer index or a list of them (ints >= 0), got {layers!r}")
+        if self.layers_pattern and layers is None:
+            raise ValueError(f"layers_pattern={self.layers_pattern!r} needs layers_to_transform (the indices to adapt)")
+        if isinstance(self.target_modules, str) and (layers is not None or self.layers_pattern):
+            raise ValueError(
+                "layers_to_transform / layers_pattern cannot be combined with a regex target_modules "
+                f"({self.target_modules!r}): put the layer indices in the regex, or give target_modules as a list"
+            )

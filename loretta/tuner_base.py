@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from contextlib import contextmanager
 
-from peft.tuners.tuners_utils import BaseTuner
+from peft.tuners.tuners_utils import BaseTuner, check_target_module_exists
 from torch import nn
 
 from .mixed_batch import adapter_names_hooks
@@ -29,10 +29,23 @@ def _unwrapped_name(name: str) -> str:
     return name[: match.start()] if match else name
 
 
-def _targets_match(target_modules, key: str) -> bool:
-    if isinstance(target_modules, str):
-        return re.fullmatch(target_modules, key) is not None
-    return name_matches(key, target_modules)
+# PEFT's layer-index rules (peft.tuners.tuners_utils.check_target_module_exists), applied to layer norms
+def _layer_index(name: str, layers_pattern) -> int | None:
+    if not layers_pattern:
+        match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", name)
+    else:
+        patterns = [layers_pattern] if isinstance(layers_pattern, str) else layers_pattern
+        match = next(filter(None, (re.match(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.", name) for p in patterns)), None)
+    return int(match["idx"]) if match else None
+
+
+def _in_selected_layers(name: str, config) -> bool:
+    """A module outside the numbered layers (embedding or final norm) always counts as selected."""
+    if config.layers_to_transform is None:
+        return True
+    index = _layer_index(name, config.layers_pattern)
+    selected = config.layers_to_transform
+    return index is None or index in ([selected] if isinstance(selected, int) else selected)
 
 
 class LorettaTunerBase(BaseTuner):
@@ -72,7 +85,7 @@ class LorettaTunerBase(BaseTuner):
         if str(peft_config.task_type) == "SEQ_CLS" and preset is not None and preset.head_dense:
             self._prepare_head(peft_config, model, preset.head_dense)
         if peft_config.trainable_layer_norms:
-            norms = norm_module_names(model)
+            norms = [n for n in norm_module_names(model) if _in_selected_layers(n, peft_config)]
             self._add_modules_to_save(peft_config, norms)
             if peft_config.recompute_layer_norms:
                 # patched before PEFT copies each norm into its ModulesToSaveWrapper: the copies (the
@@ -82,10 +95,15 @@ class LorettaTunerBase(BaseTuner):
 
     def _check_targets_exist(self, peft_config, model: nn.Module) -> None:
         names = [n for n, m in model.named_modules() if linear_features(m) is not None]
-        if not any(_targets_match(peft_config.target_modules, _unwrapped_name(n)) for n in names):
+        if not any(check_target_module_exists(peft_config, _unwrapped_name(n)) for n in names):
+            selection = "".join(
+                f", {field}={getattr(peft_config, field)!r}"
+                for field in ("layers_to_transform", "layers_pattern", "exclude_modules")
+                if getattr(peft_config, field) is not None
+            )
             raise ValueError(
-                f"target_modules={peft_config.target_modules!r} matches none of this model's linear layers: "
-                f"{linear_layer_names(model)}"
+                f"target_modules={peft_config.target_modules!r}{selection} matches none of this model's linear "
+                f"layers: {linear_layer_names(model)}"
             )
 
     def _prepare_head(self, peft_config, model: nn.Module, head_dense: str) -> None:
