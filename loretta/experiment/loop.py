@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from peft import PeftModel
 from torch.utils.data import DataLoader
 
 from . import checks, data, methods, models, results
@@ -284,11 +285,16 @@ def train(cfg) -> dict:
     accelerator.wait_for_everyone()
     if state.best_step < 0:
         evaluate_and_keep_best()
-    if t.eval_split == "dev" and spec.primary_metric in state.best_dev:
-        final = dict(state.best_dev)
-    else:
-        load_trainable(accelerator.unwrap_model(model), ckpt_dir / "best.pt")
-        final = evaluate(t.eval_split, metrics=True, loss=t.eval_split == "dev")
+    unwrapped = accelerator.unwrap_model(model)
+    scored_at_best = t.eval_split == "dev" and spec.primary_metric in state.best_dev
+    save_adapter = main and t.save_adapter and isinstance(unwrapped, PeftModel)
+    if save_adapter or not scored_at_best:
+        load_trainable(unwrapped, ckpt_dir / "best.pt")
+    final = dict(state.best_dev) if scored_at_best else evaluate(t.eval_split, metrics=True, loss=t.eval_split == "dev")
+    if save_adapter:
+        # the best weights, in the format PeftModel.from_pretrained reads; before results.json, so a
+        # completed record always has its adapter beside it
+        results.save_adapter_atomic(unwrapped, tokenizer, out / results.ADAPTER)
     peak, peak_kind = results.peak_memory()
     record = {
         "task": spec.name, "model": cfg.model.name, "method": cfg.method.name, "seed": cfg.seed,

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from .helpers import read_results, run
+from .helpers import TINY, compose, read_results, run
 
 METHODS = ["lora", "ia3", "prompt", "prefix", "bitfit", "ft", "adapters", "loretta_adp", "loretta_rep"]
 REQUIRED = {"task", "model", "method", "seed", "status", "metrics", "primary_metric", "best_step", "trainable_params",
@@ -89,6 +89,45 @@ def test_same_seed_same_metrics_and_resume(kinds, tmp_path, monkeypatch):
     assert resumed["history"] == first["history"] and resumed["best_step"] == first["best_step"]
     # resuming a completed run changes nothing
     assert run([*RESUME, data, "resume=true"], tmp_path / "c")["metrics"] == first["metrics"]
+
+
+@pytest.mark.parametrize("method, model, kind", [("loretta_adp", "tiny-bert", "classification"),
+                                                 ("loretta_rep", "tiny-llama", "multiple_choice"),
+                                                 ("lora", "tiny-roberta", "classification")])
+def test_peft_runs_leave_their_best_adapter_for_from_pretrained(method, model, kind, kinds, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from loretta.experiment import models
+
+    task, data_dir, extra = kinds[kind]
+    args = [f"model={model}", f"task={task}", f"method={method}", f"task.data_dir={data_dir}", *extra,
+            "train.max_steps=4", "train.eval_every=2", "train.lr=1e-2"]
+    record = run(args, tmp_path)
+    assert record["best_step"] < record["steps"]  # so the adapter must hold the best weights, not the last
+    folder = tmp_path / task / model / method / "seed0"
+    best = torch.load(folder / "checkpoint" / "best.pt", weights_only=True)
+
+    cfg = compose([*TINY, *args])
+    base = models.load(cfg.model, num_labels=2).model  # SST-2's two labels; a decoder ignores them
+    loaded = PeftModel.from_pretrained(base, folder / "adapter", is_trainable=True)
+    trained = {n: p for n, p in loaded.named_parameters() if p.requires_grad}
+    assert set(trained) == set(best)
+    for name, value in best.items():
+        torch.testing.assert_close(trained[name], value, rtol=0, atol=0)
+    assert AutoTokenizer.from_pretrained(folder / "adapter")("a b").input_ids
+    assert not list(folder.glob(".adapter*"))
+
+
+def test_no_adapter_folder_without_a_peft_model_or_when_switched_off(kinds, tmp_path):
+    task, data_dir, _ = kinds["classification"]
+    run(["model=tiny-bert", f"task={task}", "method=bitfit", f"task.data_dir={data_dir}"], tmp_path)
+    run(["model=tiny-bert", f"task={task}", "method=lora", f"task.data_dir={data_dir}", "train.save_adapter=false"],
+        tmp_path)
+    for method in ("bitfit", "lora"):
+        folder = tmp_path / task / "tiny-bert" / method / "seed0"
+        assert (folder / "results.json").is_file() and not (folder / "adapter").exists()
 
 
 def test_non_finite_loss_stops_and_keeps_earlier_results(kinds, tmp_path):
