@@ -5,6 +5,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ..layer_base import LorettaLayerBase
+from ..quantized import add_to_weight
 
 
 class LorettaRepLayer(LorettaLayerBase):
@@ -96,18 +97,14 @@ class LorettaRepLayer(LorettaLayerBase):
         for name in names:
             if name in self.merged_adapters:
                 continue
-            delta = self.get_delta_weight(name).detach()
-            merged = base.weight.data + delta.to(base.weight.dtype)
-            if safe_merge and not torch.isfinite(merged).all():
-                raise ValueError(f"NaNs or infs found while merging adapter {name!r}; the adapter seems broken")
-            base.weight.data = merged
+            add_to_weight(base, self.get_delta_weight(name).detach(), safe_merge=safe_merge, adapter_name=name)
             self.merged_adapters.append(name)
 
     def unmerge(self) -> None:
         base = self.get_base_layer()
         while self.merged_adapters:
             name = self.merged_adapters.pop()
-            base.weight.data -= self.get_delta_weight(name).detach().to(base.weight.dtype)
+            add_to_weight(base, -self.get_delta_weight(name).detach(), safe_merge=False, adapter_name=name)
 
     def __repr__(self) -> str:
         return "loretta_rep." + super().__repr__()
