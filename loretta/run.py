@@ -11,6 +11,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from loretta import hydra_resolvers  # noqa: F401  (registers ${model_tag:...} before Hydra composes)
+
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:

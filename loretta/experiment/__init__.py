@@ -8,6 +8,7 @@ tuning), data (examples -> tensors, losses, predictions), loop (the training loo
 `import loretta` never imports this package: Hydra, wandb, datasets and tasks stay out of the library.
 """
 
+from .. import hydra_resolvers  # noqa: F401  (configs composed in-process resolve ${model_tag:...} too)
 from .checks import ConfigError
 from .loop import NonFiniteLossError, train
 

@@ -16,6 +16,7 @@ SELECT_BY = ("metric", "loss")
 EVAL_SPLITS = ("dev", "test")
 OBJECTIVES = ("auto", "candidates", "lm")
 PROTOCOLS = ("glue", "mezo")
+QUANTIZATIONS = ("4bit", "8bit")  # or null: full precision
 
 
 def one_of(name: str, value, choices) -> None:
@@ -68,6 +69,15 @@ def validate(cfg) -> None:
     if str(cfg.model.dtype) in ("bfloat16", "float16") and t.precision == "fp32":
         raise ConfigError(f"model.dtype={cfg.model.dtype} needs mixed precision: set train.precision=bf16 "
                           f"(or fp16), or model.dtype=float32 to train in fp32")
+    quantization = cfg.model.get("quantization")
+    if quantization is not None:
+        one_of("model.quantization", quantization, QUANTIZATIONS)
+        if cfg.model.source == "tiny":
+            raise ConfigError(f"model.quantization={quantization} needs pretrained weights; model {cfg.model.name!r} "
+                              "is built from a config (source=tiny): set model.quantization=null")
+        if cfg.method.name == "ft":
+            raise ConfigError(f"method=ft trains every weight, and a model.quantization={quantization} model's "
+                              "weights cannot be trained: use a PEFT method, or model.quantization=null")
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise ConfigError(f"seed={cfg.seed!r} must be an integer")
 

@@ -103,7 +103,13 @@ def train(cfg) -> dict:
     for split in ("train", "dev", t.eval_split):
         if not splits.get(split):
             raise ConfigError(f"task {spec.name!r} has no {split!r} examples under protocol {t.protocol!r}")
-    loaded = models.load(cfg.model, num_labels=spec.num_labels, label_names=spec.label_names)
+    loaded = models.load(cfg.model, num_labels=spec.num_labels, label_names=spec.label_names,
+                         device=accelerator.device)
+    if cfg.model.get("quantization"):
+        from peft import prepare_model_for_kbit_training
+
+        # QLoRA's preparation (frozen, unquantized parameters in fp32); checkpointing is step 2's own
+        loaded.model = prepare_model_for_kbit_training(loaded.model, use_gradient_checkpointing=False)
     tokenizer = loaded.tokenizer
     target = methods.Target(family=loaded.family, model_type=loaded.model_type, num_labels=spec.num_labels,
                             targets=_plain(cfg.model.get("targets")))
@@ -158,9 +164,9 @@ def train(cfg) -> dict:
     elif cfg.resume:
         print(f"[loretta] resume=true but {ckpt_dir / 'last.pt'} does not exist: starting from scratch", flush=True)
 
-    run_name = f"{spec.name}-{cfg.model.name}-{cfg.method.name}{cfg.variant}-seed{cfg.seed}"
+    run_name = f"{spec.name}-{cfg.model_tag}-{cfg.method.name}{cfg.variant}-seed{cfg.seed}"
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    tracker = Tracker(cfg.logger, output_dir=out, name=run_name, tags=[spec.name, cfg.model.name, cfg.method.name],
+    tracker = Tracker(cfg.logger, output_dir=out, name=run_name, tags=[spec.name, cfg.model_tag, cfg.method.name],
                       config=resolved, active=main)
     tracker.summary({"trainable_params": num_trainable, "total_params": num_total})
     if main:
@@ -297,7 +303,7 @@ def train(cfg) -> dict:
         results.save_adapter_atomic(unwrapped, tokenizer, out / results.ADAPTER)
     peak, peak_kind = results.peak_memory()
     record = {
-        "task": spec.name, "model": cfg.model.name, "method": cfg.method.name, "seed": cfg.seed,
+        "task": spec.name, "model": cfg.model_tag, "method": cfg.method.name, "seed": cfg.seed,
         "status": results.COMPLETED,
         "experiment": cfg.experiment_name, "variant": cfg.variant,
         "metrics": final, "primary_metric": spec.primary_metric, "eval_split": t.eval_split,

@@ -170,8 +170,30 @@ def tiny_config(mcfg, tokenizer):
 # -- loading --------------------------------------------------------------------------------------
 
 
-def load(mcfg, *, num_labels: int | None = None, label_names=None) -> Loaded:
-    """The model of `mcfg` with the head its family needs, and its tokenizer (pad token set)."""
+# Heads stay in full precision: the methods train them (the pooler / classification head and the
+# label projection) or, for the LM head, quantizing it costs accuracy for little memory. Patterns as
+# transformers' llm_int8_skip_modules reads them: regexes from the start of a module's name.
+UNQUANTIZED = (r"(.*\.)?pooler", r"(.*\.)?classifier", r"(.*\.)?score", r"(.*\.)?lm_head")
+
+
+def quantization_config(mcfg):
+    """bitsandbytes settings for `model.quantization` (QLoRA's for 4-bit: NF4, double quantization,
+    computing in the model's dtype), or None."""
+    kind = mcfg.get("quantization")
+    if kind is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if kind == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(UNQUANTIZED))
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=getattr(torch, str(mcfg.dtype)),
+                              llm_int8_skip_modules=list(UNQUANTIZED))
+
+
+def load(mcfg, *, num_labels: int | None = None, label_names=None, device=None) -> Loaded:
+    """The model of `mcfg` with the head its family needs, and its tokenizer (pad token set).
+    A quantized model is loaded straight onto `device` (bitsandbytes places it as it quantizes)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     if mcfg.family not in FAMILIES:
@@ -198,6 +220,9 @@ def load(mcfg, *, num_labels: int | None = None, label_names=None) -> Loaded:
         location = SOURCES[mcfg.source](mcfg)
         try:
             tokenizer = AutoTokenizer.from_pretrained(location)
+            quantized = quantization_config(mcfg)
+            if quantized is not None:
+                head.update(quantization_config=quantized, device_map={"": str(device or "cpu")})
             model = auto.from_pretrained(location, dtype=dtype, **head)
         except OSError as e:
             offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"

@@ -102,6 +102,9 @@ def count_parameters(model) -> tuple[int, int]:
         if id(p) in seen:
             continue
         seen.add(id(p))
-        total += p.numel()
-        trainable += p.numel() if p.requires_grad else 0
+        numel = p.numel()
+        if type(p).__name__ == "Params4bit":  # bitsandbytes packs two 4-bit values per byte of storage
+            numel *= 2 * p.element_size()
+        total += numel
+        trainable += numel if p.requires_grad else 0
     return trainable, total

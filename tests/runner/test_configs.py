@@ -65,6 +65,19 @@ def test_output_dir_and_overrides():
     assert compose(["output_dir=/somewhere/else"]).output_dir == "/somewhere/else"
 
 
+def test_quantized_runs_are_filed_apart():
+    assert compose(["model=minilm", "model.quantization=4bit"]).output_dir == "runs/sst2/minilm-4bit/lora/seed0"
+    assert compose(["model=minilm", "model.quantization=8bit"]).model_tag == "minilm-8bit"
+    assert compose(["model=minilm"]).model_tag == "minilm"
+
+
+def test_full_fine_tuning_of_a_quantized_model_is_refused(tmp_path):
+    from loretta.experiment import ConfigError
+
+    with pytest.raises(ConfigError, match="method=ft trains every weight.*model.quantization=4bit"):
+        run(["model=minilm", "model.quantization=4bit", "method=ft"], tmp_path)
+
+
 def test_slurm_launcher_config_composes():
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -96,6 +109,8 @@ def test_unknown_key_is_refused():
     ("task.data_dir=/no/such/folder", ["/no/such/folder", "not a directory"]),
     ("model.dtype=bfloat16", ["model.dtype=bfloat16", "train.precision=bf16"]),
     ("task.split_validation=0", ["task.split_validation", "0"]),
+    ("model.quantization=3bit", ["model.quantization='3bit'", "4bit", "8bit"]),
+    ("model.quantization=4bit", ["model.quantization=4bit", "source=tiny", "model.quantization=null"]),
 ])
 def test_bad_values_name_the_choices(override, words, tmp_path):
     from loretta.experiment import ConfigError

@@ -120,6 +120,34 @@ def test_peft_runs_leave_their_best_adapter_for_from_pretrained(method, model, k
     assert not list(folder.glob(".adapter*"))
 
 
+@pytest.mark.parametrize("quantization", ["4bit", "8bit"])
+@pytest.mark.parametrize("method", ["loretta_rep", "lora"])
+def test_quantized_model_runs_filed_apart_with_a_loadable_adapter(quantization, method, sst2_small, tmp_path):
+    """MiniLM's real weights loaded in 4 / 8 bits (bitsandbytes on the CPU), QLoRA style."""
+    import torch
+    from peft import PeftModel
+
+    from loretta.experiment import models
+
+    args = ["model=minilm", "task=sst2", f"method={method}", f"task.data_dir={sst2_small}",
+            "train.max_steps=4", "train.eval_every=2", "train.lr=1e-2"]
+    full = run(args, tmp_path)
+    record = run([*args, f"model.quantization={quantization}"], tmp_path)
+    assert record["model"] == f"minilm-{quantization}" and full["model"] == "minilm"
+    assert (record["trainable_params"], record["total_params"]) == (full["trainable_params"], full["total_params"])
+    assert record["metrics"] != full["metrics"]  # a different (quantized) base, in its own folder
+    folder = tmp_path / "sst2" / f"minilm-{quantization}" / method / "seed0"
+
+    cfg = compose([*TINY, *args, f"model.quantization={quantization}"])
+    base = models.load(cfg.model, num_labels=2).model
+    assert any(type(m).__name__ in ("Linear4bit", "Linear8bitLt") for m in base.modules())
+    loaded = PeftModel.from_pretrained(base, folder / "adapter")
+    best = torch.load(folder / "checkpoint" / "best.pt", weights_only=True)
+    params = dict(loaded.named_parameters())
+    for name, value in best.items():
+        torch.testing.assert_close(params[name], value, rtol=0, atol=0)
+
+
 def test_no_adapter_folder_without_a_peft_model_or_when_switched_off(kinds, tmp_path):
     task, data_dir, _ = kinds["classification"]
     run(["model=tiny-bert", f"task={task}", "method=bitfit", f"task.data_dir={data_dir}"], tmp_path)
