@@ -51,9 +51,10 @@ def validate(cfg) -> None:
     for name in ("epochs", "eval_every", "warmup_steps", "warmup_ratio", "weight_decay", "max_grad_norm",
                  "early_stopping_patience", "max_new_tokens", "log_every", "num_workers"):
         at_least(f"train.{name}", t[name], 0)
-    if not isinstance(t.max_steps, int) or isinstance(t.max_steps, bool):
-        raise ConfigError(f"train.max_steps={t.max_steps!r} must be an integer (-1: use train.epochs)")
-    if t.max_steps <= 0 and t.epochs < 1:
+    if not isinstance(t.max_steps, int) or isinstance(t.max_steps, bool) or t.max_steps < -1:
+        raise ConfigError(f"train.max_steps={t.max_steps!r} must be an integer >= -1 (-1: use train.epochs; "
+                          "0: no training, evaluate the starting model)")
+    if t.max_steps < 0 and t.epochs < 1:
         raise ConfigError(f"train.epochs={t.epochs!r} must be >= 1 when train.max_steps is not set")
     if t.lr is not None:
         at_least("train.lr", t.lr, 0)
@@ -69,6 +70,9 @@ def validate(cfg) -> None:
     if str(cfg.model.dtype) in ("bfloat16", "float16") and t.precision == "fp32":
         raise ConfigError(f"model.dtype={cfg.model.dtype} needs mixed precision: set train.precision=bf16 "
                           f"(or fp16), or model.dtype=float32 to train in fp32")
+    if cfg.get("init_adapter") and not (Path(str(cfg.init_adapter)).expanduser() / "adapter_config.json").is_file():
+        raise ConfigError(f"init_adapter={cfg.init_adapter!r} holds no adapter_config.json (resolved from {Path.cwd()}); "
+                          "give a run's adapter/ folder or another PEFT save_pretrained folder")
     quantization = cfg.model.get("quantization")
     if quantization is not None:
         one_of("model.quantization", quantization, QUANTIZATIONS)

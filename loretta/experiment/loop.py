@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 from peft import PeftModel
 from torch.utils.data import DataLoader
 
-from . import checks, data, methods, models, results
+from . import adapters, checks, data, methods, models, results
 from .checks import ConfigError
 from .logging import Tracker
 
@@ -114,6 +114,8 @@ def train(cfg) -> dict:
     target = methods.Target(family=loaded.family, model_type=loaded.model_type, num_labels=spec.num_labels,
                             targets=_plain(cfg.model.get("targets")))
     model = methods.apply(loaded.model, cfg.method, target)
+    if cfg.get("init_adapter"):
+        adapters.load_into(model, cfg.init_adapter, cfg.method.name)
     trainable = [p for p in model.parameters() if p.requires_grad]
     for p in trainable:  # trainable weights in fp32 even when the model is loaded in bf16/fp16
         p.data = p.data.float()
@@ -146,7 +148,7 @@ def train(cfg) -> dict:
                                   weight_decay=t.weight_decay)
     per_step = t.batch_size * accelerator.num_processes
     steps_per_epoch = math.ceil(math.ceil(len(train_set) / per_step) / t.grad_accum)
-    total_steps = t.max_steps if t.max_steps > 0 else t.epochs * steps_per_epoch
+    total_steps = t.max_steps if t.max_steps >= 0 else t.epochs * steps_per_epoch  # 0: evaluation only
     num_epochs = math.ceil(total_steps / steps_per_epoch)
     warmup = round(t.warmup_ratio * total_steps) if t.warmup_ratio > 0 else t.warmup_steps
     from transformers import get_linear_schedule_with_warmup
@@ -300,7 +302,7 @@ def train(cfg) -> dict:
     if save_adapter:
         # the best weights, in the format PeftModel.from_pretrained reads; before results.json, so a
         # completed record always has its adapter beside it
-        results.save_adapter_atomic(unwrapped, tokenizer, out / results.ADAPTER)
+        adapters.save(unwrapped, tokenizer, out / adapters.ADAPTER)
     peak, peak_kind = results.peak_memory()
     record = {
         "task": spec.name, "model": cfg.model_tag, "method": cfg.method.name, "seed": cfg.seed,

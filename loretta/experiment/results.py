@@ -8,7 +8,6 @@ import json
 import os
 import platform
 import resource
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -16,7 +15,6 @@ from pathlib import Path
 import torch
 
 RESULTS = "results.json"
-ADAPTER = "adapter"
 COMPLETED = "completed"
 REPO = Path(__file__).resolve().parents[2]
 
@@ -34,23 +32,6 @@ def write_json_atomic(path: str | Path, obj) -> None:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_adapter_atomic(model, tokenizer, dest: str | Path) -> None:
-    """`save_pretrained` of a PEFT model (and its tokenizer) into `dest`, which appears whole or not
-    at all: written beside it, then renamed into place."""
-    dest = Path(dest)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -109,6 +109,7 @@ def test_unknown_key_is_refused():
     ("task.data_dir=/no/such/folder", ["/no/such/folder", "not a directory"]),
     ("model.dtype=bfloat16", ["model.dtype=bfloat16", "train.precision=bf16"]),
     ("task.split_validation=0", ["task.split_validation", "0"]),
+    ("train.max_steps=-2", ["train.max_steps=-2", "0: no training"]),
     ("model.quantization=3bit", ["model.quantization='3bit'", "4bit", "8bit"]),
     ("model.quantization=4bit", ["model.quantization=4bit", "source=tiny", "model.quantization=null"]),
 ])

@@ -148,6 +148,46 @@ def test_quantized_model_runs_filed_apart_with_a_loadable_adapter(quantization, 
         torch.testing.assert_close(params[name], value, rtol=0, atol=0)
 
 
+def test_max_steps_0_evaluates_the_starting_model(kinds, tmp_path):
+    task, data_dir, _ = kinds["classification"]
+    args = ["model=tiny-bert", f"task={task}", "method=lora", f"task.data_dir={data_dir}"]
+    trained = run([*args, "train.max_steps=2", "train.eval_at_start=true"], tmp_path / "a")
+    zero_shot = run([*args, "train.max_steps=0"], tmp_path / "b")
+    assert zero_shot["steps"] == 0 and zero_shot["best_step"] == 0
+    at_start = {k: v for k, v in trained["history"][0].items() if k not in ("step", "epoch")}
+    assert trained["history"][0]["step"] == 0 and zero_shot["metrics"] == at_start
+
+
+@pytest.mark.parametrize("method", ["loretta_adp", "loretta_rep"])
+def test_init_adapter_starts_from_a_saved_adapter(method, kinds, tmp_path):
+    task, data_dir, _ = kinds["classification"]
+    args = ["model=tiny-bert", f"task={task}", f"method={method}", f"task.data_dir={data_dir}"]
+    trained = run([*args, "train.max_steps=4", "train.eval_every=2", "train.lr=1e-2"], tmp_path / "a")
+    adapter = tmp_path / "a" / task / "tiny-bert" / method / "seed0" / "adapter"
+    evaluated = run([*args, "train.max_steps=0", f"init_adapter={adapter}"], tmp_path / "b")
+    assert evaluated["metrics"] == trained["best_dev"]  # the saved (best) weights, scored again
+    fresh = run([*args, "train.max_steps=0"], tmp_path / "c")
+    assert fresh["metrics"] != evaluated["metrics"]
+
+
+def test_init_adapter_that_does_not_fit_is_named(kinds, tmp_path):
+    from loretta.experiment import ConfigError
+
+    task, data_dir, _ = kinds["classification"]
+    args = ["model=tiny-bert", f"task={task}", f"task.data_dir={data_dir}", "train.max_steps=0"]
+    run([*args, "method=loretta_adp"], tmp_path / "a")
+    adapter = tmp_path / "a" / task / "tiny-bert" / "loretta_adp" / "seed0" / "adapter"
+    for extra, message in [(["method=lora"], "is a LORETTA_ADP adapter but method=lora builds LORA"),
+                           (["method=loretta_adp", "method.tensor_rank=3"], "does not fit method=loretta_adp"),
+                           (["method=bitfit"], "needs a PEFT method; method=bitfit"),
+                           (["method=lora", f"init_adapter={tmp_path}"], "holds no adapter_config.json")]:
+        overrides = [*args, *extra] if any(e.startswith("init_adapter") for e in extra) else \
+            [*args, *extra, f"init_adapter={adapter}"]
+        with pytest.raises(ConfigError, match=message):
+            run(overrides, tmp_path / "b")
+    assert not list((tmp_path / "b").rglob("results.json"))
+
+
 def test_no_adapter_folder_without_a_peft_model_or_when_switched_off(kinds, tmp_path):
     task, data_dir, _ = kinds["classification"]
     run(["model=tiny-bert", f"task={task}", "method=bitfit", f"task.data_dir={data_dir}"], tmp_path)
