@@ -38,6 +38,23 @@ class LorettaLayerBase(nn.Module, BaseTunerLayer):
             subtract_initial=subtract_initial,
         )
 
+    def active_tt_layers(self) -> list[TTLinear]:
+        """The TT layers this layer's forward will use (none while disabled or merged)."""
+        if self.disable_adapters or self.merged:
+            return []
+        found = []
+        for attr in self.adapter_layer_names:
+            adapters = getattr(self, attr)
+            found += [adapters[name] for name in self.active_adapters
+                      if name in adapters and isinstance(adapters[name], TTLinear)]
+        return found
+
+    def activation_dtype(self) -> torch.dtype | None:
+        """The dtype the adapters most likely see: the base weight's (None for quantized weights,
+        whose compute dtype is the base layer's own business)."""
+        dtype = self.get_base_layer().weight.dtype
+        return dtype if dtype.is_floating_point else None
+
     def _finish_update(self, adapter_name: str) -> None:
         # New adapters start active only if they are the active one (peft's convention).
         self.set_adapter(self.active_adapters)

@@ -24,39 +24,55 @@ from .tt_shapes import validate_tt_shape
 INIT_METHODS = ("noise_reduction", "identity", "gaussian")
 
 
+# The products below take cores stacked along a leading dimension: (G, r_in, k, r_out) for G TT
+# layers of one structure, so that tt_batch.py rebuilds many layers with the same few batched
+# products; a single layer is the case G = 1.
+
+
 def _chain(cores) -> torch.Tensor:
-    """Contract cores left to right into a (prod(k), r_last) matrix."""
-    out = cores[0].reshape(-1, cores[0].shape[-1])  # (k_1, r_1)
+    """Contract stacked cores left to right into (G, prod(k), r_last) matrices."""
+    out = cores[0].reshape(cores[0].shape[0], -1, cores[0].shape[-1])  # (G, k_1, r_1)
     for core in cores[1:]:
-        r_in, k, r_out = core.shape
-        out = (out @ core.reshape(r_in, k * r_out)).reshape(-1, r_out)
+        g, r_in, k, r_out = core.shape
+        out = torch.bmm(out, core.reshape(g, r_in, k * r_out)).reshape(g, -1, r_out)
     return out
 
 
 def _chain_right(cores) -> torch.Tensor:
-    """Contract cores right to left into an (r_first, prod(k)) matrix, modes in row-major order."""
-    out = cores[-1].reshape(cores[-1].shape[0], -1)  # (r, k_d)
+    """Contract stacked cores right to left into (G, r_first, prod(k)) matrices, modes in row-major order."""
+    out = cores[-1].reshape(cores[-1].shape[0], cores[-1].shape[1], -1)  # (G, r, k_d)
     for core in reversed(cores[:-1]):
-        r_in, k, r_out = core.shape
-        out = (core.reshape(r_in * k, r_out) @ out).reshape(r_in, -1)
+        g, r_in, k, r_out = core.shape
+        out = torch.bmm(core.reshape(g, r_in * k, r_out), out).reshape(g, r_in, -1)
     return out
 
 
-def tt_factors(cores, split: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L (in x r), R (r x out)) from the cores before and from `split` (the in/out boundary)."""
+def stacked_factors(cores, split: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L (G x in x r), R (G x r x out)) from the stacked cores before and from `split`."""
     return _chain(cores[:split]), _chain_right(cores[split:])
 
 
-def tt_to_matrix(cores, in_features: int, out_features: int, split: int | None) -> torch.Tensor:
-    """Rebuild the (in x out) matrix from TT cores.
+def stacked_matrix(cores, in_features: int, out_features: int, split: int | None) -> torch.Tensor:
+    """Rebuild the (G x in x out) matrices from stacked TT cores.
 
-    When the first `split` modes multiply to in_features, W = L @ R with L (in x r) from the
-    left cores and R (r x out) from the right cores: one rank-r matmul writes W directly.
+    When the first `split` modes multiply to in_features, W = L @ R with L (in x r) from the left
+    cores and R (r x out) from the right cores: one rank-r product writes W directly.
     """
     if split is None:
-        return _chain(cores).reshape(in_features, out_features)
-    left, right = tt_factors(cores, split)
-    return left @ right
+        return _chain(cores).reshape(-1, in_features, out_features)
+    left, right = stacked_factors(cores, split)
+    return torch.bmm(left, right)
+
+
+def tt_factors(cores, split: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L (in x r), R (r x out)) of one TT layer."""
+    left, right = stacked_factors([c.unsqueeze(0) for c in cores], split)
+    return left[0], right[0]
+
+
+def tt_to_matrix(cores, in_features: int, out_features: int, split: int | None) -> torch.Tensor:
+    """Rebuild one TT layer's (in x out) matrix."""
+    return stacked_matrix([c.unsqueeze(0) for c in cores], in_features, out_features, split)[0]
 
 
 def boundary_split(shape, in_features: int) -> int | None:
@@ -151,6 +167,7 @@ class TTLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
         self.initial_cores = FrozenCores(self.cores) if init == "noise_reduction" else None
         self.subtract_initial = subtract_initial
+        self._held = None  # (matrix, key): this layer's matrix, rebuilt together with others (tt_batch.py)
         self.reset_parameters(init)
 
     @torch.no_grad()
@@ -177,8 +194,56 @@ class TTLinear(nn.Module):
         """TT(initial cores) (noise_reduction only), cached."""
         return self.initial_cores.matrix(self.in_features, self.out_features, self.split)
 
+    def batch_key(self) -> tuple:
+        """Layers with equal keys rebuild their matrices with the same stacked products."""
+        core = self.cores[0]
+        subtracted = self.initial_cores is not None and self.subtract_initial
+        return (self.shape, self.rank, self.in_features, self.out_features, subtracted, core.dtype, core.device)
+
+    def _state_key(self) -> tuple:
+        # in-place updates (optimizer steps, load_state_dict) bump _version; .to() changes data_ptr
+        frozen = self.initial_cores.tensors() if self.initial_cores is not None else []
+        bias = [self.bias] if self.bias is not None else []
+        return tuple((t.data_ptr(), t._version) for t in (*self.cores, *frozen, *bias))
+
+    def hold(self, matrix: torch.Tensor, cast: tuple | None = None) -> None:
+        """Use `matrix` as this layer's weight_matrix() for as long as the cores stay as they are;
+        `cast` = (dtype, matrix, bias) already cast to the activations' dtype, for forward()."""
+        self._held = (matrix, cast, self._state_key())
+
+    def _valid_held(self):
+        if self._held is None or torch.compiler.is_compiling():
+            return None
+        matrix, cast, key = self._held
+        # a matrix built without a graph (under no_grad) must not stand in where gradients are wanted
+        wants_graph = torch.is_grad_enabled() and self.cores[0].requires_grad
+        if key != self._state_key() or (wants_graph and matrix.grad_fn is None):
+            self._held = None
+            return None
+        return matrix, cast
+
+    def _held_matrix(self) -> torch.Tensor | None:
+        held = self._valid_held()
+        return None if held is None else held[0]
+
+    def _weight_and_bias(self, dtype: torch.dtype):
+        held = self._valid_held()
+        if held is not None and held[1] is not None and held[1][0] == dtype:
+            return held[1][1], held[1][2]
+        weight = (held[0] if held is not None else self.weight_matrix()).to(dtype)
+        return weight, None if self.bias is None else self.bias.to(dtype)
+
+    def __getstate__(self):
+        # copies (deepcopy, pickle) rebuild their own matrix: a held one may carry an autograd graph
+        state = dict(super().__getstate__())
+        state["_held"] = None
+        return state
+
     def weight_matrix(self) -> torch.Tensor:
         """The effective dense (in x out) matrix, in the cores' dtype."""
+        held = self._held_matrix()
+        if held is not None:
+            return held
         if self.initial_cores is None or not self.subtract_initial:
             return self.raw_matrix()
         if self.split is None:
@@ -193,8 +258,7 @@ class TTLinear(nn.Module):
         return left @ right - initial
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight_matrix().to(x.dtype)
-        bias = None if self.bias is None else self.bias.to(x.dtype)
+        weight, bias = self._weight_and_bias(x.dtype)
         return F.linear(x, weight.t(), bias)
 
     def to_dense_linear(self) -> nn.Linear:

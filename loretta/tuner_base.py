@@ -17,8 +17,12 @@ from torch import nn
 from .mixed_batch import adapter_names_hooks
 from .norm_recompute import recompute_in_backward, restore_forward
 from .presets import FAMILY_PRESETS, linear_features, linear_layer_names, name_matches, norm_module_names, preset_for
+from . import tt_batch
 from .tt_linear import TTLinear
 from .tt_shapes import resolve_tt_shape
+
+# the handle of the forward pre-hook that rebuilds the TT layers together (tt_batch.py), on the model
+_REBUILD_HOOK = "_loretta_rebuild_hook"
 
 # module names inside PEFT's ModulesToSaveWrapper: the wrapper, not these, is what modules_to_save names
 _WRAPPED = re.compile(r"\.(original_module|modules_to_save)(\.|$)")
@@ -65,6 +69,11 @@ class LorettaTunerBase(BaseTuner):
             return
         with adapter_names_hooks(self, self.tuner_layer_cls, adapter_names, kwargs.get("num_beams")):
             yield
+
+    def inject_adapter(self, model: nn.Module, *args, **kwargs) -> None:
+        super().inject_adapter(model, *args, **kwargs)
+        if getattr(model, _REBUILD_HOOK, None) is None:  # one hook, however many adapters
+            setattr(model, _REBUILD_HOOK, model.register_forward_pre_hook(tt_batch.rebuild_before_forward))
 
     def _prepare_adapter_config(self, peft_config, model_config):
         # Defaults are resolved in _prepare_model, where the model is at hand for error messages.
@@ -153,6 +162,10 @@ class LorettaTunerBase(BaseTuner):
                 parent = model.get_submodule(parent_name) if parent_name else model
                 setattr(parent, child, module.to_dense_linear())
         restore_forward(model)
+        handle = getattr(model, _REBUILD_HOOK, None)
+        if handle is not None:
+            handle.remove()
+            delattr(model, _REBUILD_HOOK)
         return model
 
     def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key, **kwargs):

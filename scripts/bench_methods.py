@@ -181,6 +181,26 @@ def step_flops(model, forward) -> int:
     return counter.get_total_flops()
 
 
+def step_ops(model, forward) -> int:
+    """Operators one forward and backward pass dispatches, views excluded. On a GPU each is at least
+    one kernel launch (a few microseconds however small its work), so many tiny matrix products
+    cost time that their FLOPs do not show. The gradients are discarded."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not func.is_view:
+                self.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count() as counter:
+        forward().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.calls
+
+
 def saved_activation_bytes(model, forward) -> int:
     """The activation memory a method adds: all bytes saved for backward (see saved_by_module_type)."""
     return sum(saved_by_module_type(model, forward).values())
@@ -325,23 +345,26 @@ def meta_flops(preset_name: str, methods) -> str:
     little from the device's (llama-small-cpu: +2.5%, the same for every method); the ratios agree.
     Models whose code reads tensor values (DeBERTa's relative positions) cannot run there."""
     preset = replace(PRESETS[preset_name], device="meta")
-    flops = {}
+    flops, ops = {}, {}
     for method in methods:
         model = wrap(build_model(preset), method, preset)
         model.train()
         ids, labels = make_batch(model, preset)
         try:
             flops[method] = step_flops(model, lambda: model(input_ids=ids, labels=labels).loss)
+            ops[method] = step_ops(model, lambda: model(input_ids=ids, labels=labels).loss)
         except (RuntimeError, NotImplementedError) as error:
             raise SystemExit(f"--flops-only: the {preset.model_type} model of preset {preset_name!r} cannot run on "
                              f"the meta device ({type(error).__name__}: {str(error).splitlines()[0]}); "
                              "run the full benchmark instead, which counts FLOPs on the real device") from None
     lora = flops.get("lora")
     lines = [f"{preset_name}: {preset.model_type} {preset.dtype}, batch {preset.batch}x{preset.length}, "
-             "FLOPs of one forward and backward pass (meta device)", "",
-             "| method | GFLOP per step | FLOPs / LoRA |", "|---|---:|---:|"]
+             "one forward and backward pass (meta device): FLOPs, and operators dispatched (views excluded)", "",
+             "| method | GFLOP per step | FLOPs / LoRA | ops per step | ops beyond LoRA's |", "|---|---:|---:|---:|---:|"]
     for method, value in flops.items():
-        lines.append(f"| {method} | {value / 1e9:,.1f} | {'—' if not lora else f'{value / lora:.3f}'} |")
+        extra = "—" if "lora" not in ops else f"{ops[method] - ops['lora']:+,}"
+        lines.append(f"| {method} | {value / 1e9:,.1f} | {'—' if not lora else f'{value / lora:.3f}'} | "
+                     f"{ops[method]:,} | {extra} |")
     return "\n".join(lines)
 
 

@@ -41,6 +41,9 @@ class LorettaRepLayer(LorettaLayerBase):
         self.scaling[adapter_name] = config.lora_alpha / config.r
         self._finish_update(adapter_name)
 
+    def activation_dtype(self) -> None:
+        return None  # the factors are cast after [A | A0] is put together (_factors), not by TTLinear
+
     def _active(self) -> list[str]:
         return [a for a in self.active_adapters if a in self.loretta_rep_A]
 

@@ -1,0 +1,65 @@
+"""Rebuilding the matrices of many TT layers at once.
+
+Each TT layer rebuilds its dense matrix from its cores on every forward: a handful of tiny
+products, forward and backward. On a GPU each is a kernel launch whatever its size, and a
+LLaMA-2-7B LoRETTA_adp model has 192 TT layers: thousands of launches per step that LoRA does not
+make (`scripts/bench_methods.py --flops-only` counts them). Layers of one structure (shape, rank,
+in/out sizes) are therefore rebuilt together: their cores are stacked and contracted with the same
+few batched products, once per model forward, and each layer is handed its slice (TTLinear.hold).
+The values are those of each layer's own rebuild (the same products, stacked); a layer whose cores
+change afterwards (an optimizer step, a load) rebuilds its own again.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from .tt_linear import TTLinear, stacked_matrix
+
+
+def rebuild_together(layers: list[TTLinear], dtypes: list[torch.dtype | None] | None = None) -> None:
+    """Rebuild the matrices of `layers`, grouped by structure; `dtypes`: each layer's expected
+    activation dtype, to which its matrix and bias are cast in the same batched step (None: none)."""
+    groups: dict[tuple, list[TTLinear]] = defaultdict(list)
+    for layer, dtype in zip(layers, dtypes or [None] * len(layers)):
+        groups[(layer.batch_key(), dtype, layer.bias is not None)].append(layer)
+    for (_, dtype, has_bias), group in groups.items():
+        if len(group) < 2:
+            continue  # nothing to share: the layer rebuilds its own
+        first = group[0]
+        size = (first.in_features, first.out_features, first.split)
+        cores = [torch.stack(same) for same in zip(*(list(layer.cores) for layer in group))]
+        matrices = stacked_matrix(cores, *size)
+        if first.initial_cores is not None and first.subtract_initial:
+            # the initial product by the same stacked products, so W is exactly 0 at step 0
+            with torch.no_grad():
+                initial = [torch.stack(same) for same in zip(*(layer.initial_cores.tensors() for layer in group))]
+                initial_matrices = stacked_matrix(initial, *size)
+            matrices = matrices - initial_matrices
+        casts = [None] * len(group)
+        if dtype is not None and dtype != matrices.dtype:  # e.g. fp32 cores in a bf16 model: cast once
+            cast_matrices = matrices.to(dtype).unbind(0)
+            cast_biases = torch.stack([layer.bias for layer in group]).to(dtype).unbind(0) if has_bias else None
+            casts = [(dtype, cast_matrices[i], cast_biases[i] if has_bias else None) for i in range(len(group))]
+        for layer, matrix, cast in zip(group, matrices.unbind(0), casts):
+            layer.hold(matrix, cast)
+
+
+def rebuild_before_forward(model, args) -> None:
+    """Forward pre-hook on the adapted model: rebuild the active adapters' TT layers together. The
+    matrices stay held after the forward: a checkpointed layer recomputed in the backward pass must
+    see the same ones. They give way when the cores change (an optimizer step) or the next forward
+    rebuilds."""
+    if torch.compiler.is_compiling():
+        return  # compiled, the rebuilds are part of the graph
+    from .layer_base import LorettaLayerBase
+
+    layers, dtypes = [], []
+    for module in model.modules():
+        if isinstance(module, LorettaLayerBase):
+            found = module.active_tt_layers()
+            layers += found
+            dtypes += [module.activation_dtype()] * len(found)
+    rebuild_together(layers, dtypes)
