@@ -14,10 +14,10 @@ from contextlib import contextmanager
 from peft.tuners.tuners_utils import BaseTuner, check_target_module_exists
 from torch import nn
 
+from . import tt_batch
 from .mixed_batch import adapter_names_hooks
 from .norm_recompute import recompute_in_backward, restore_forward
 from .presets import FAMILY_PRESETS, linear_features, linear_layer_names, name_matches, norm_module_names, preset_for
-from . import tt_batch
 from .tt_linear import TTLinear
 from .tt_shapes import resolve_tt_shape
 

@@ -91,15 +91,31 @@ def test_same_seed_same_metrics_and_resume(kinds, tmp_path, monkeypatch):
     assert run([*RESUME, data, "resume=true"], tmp_path / "c")["metrics"] == first["metrics"]
 
 
+def _saved_adapter_and_best(folder, overrides):
+    """A run's adapter/ loaded onto a freshly built base (trainable), and the run's checkpoint/best.pt."""
+    import torch
+    from peft import PeftModel
+
+    from loretta.experiment import models
+
+    cfg = compose([*TINY, *overrides])
+    base = models.load(cfg.model, num_labels=2).model  # SST-2's two labels; a decoder ignores them
+    loaded = PeftModel.from_pretrained(base, folder / "adapter", is_trainable=True)
+    return loaded, torch.load(folder / "checkpoint" / "best.pt", weights_only=True)
+
+
+def _assert_holds(params: dict, best: dict) -> None:
+    import torch
+
+    for name, value in best.items():
+        torch.testing.assert_close(params[name], value, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("method, model, kind", [("loretta_adp", "tiny-bert", "classification"),
                                                  ("loretta_rep", "tiny-llama", "multiple_choice"),
                                                  ("lora", "tiny-roberta", "classification")])
 def test_peft_runs_leave_their_best_adapter_for_from_pretrained(method, model, kind, kinds, tmp_path):
-    import torch
-    from peft import PeftModel
     from transformers import AutoTokenizer
-
-    from loretta.experiment import models
 
     task, data_dir, extra = kinds[kind]
     args = [f"model={model}", f"task={task}", f"method={method}", f"task.data_dir={data_dir}", *extra,
@@ -107,15 +123,11 @@ def test_peft_runs_leave_their_best_adapter_for_from_pretrained(method, model, k
     record = run(args, tmp_path)
     assert record["best_step"] < record["steps"]  # so the adapter must hold the best weights, not the last
     folder = tmp_path / task / model / method / "seed0"
-    best = torch.load(folder / "checkpoint" / "best.pt", weights_only=True)
 
-    cfg = compose([*TINY, *args])
-    base = models.load(cfg.model, num_labels=2).model  # SST-2's two labels; a decoder ignores them
-    loaded = PeftModel.from_pretrained(base, folder / "adapter", is_trainable=True)
+    loaded, best = _saved_adapter_and_best(folder, args)
     trained = {n: p for n, p in loaded.named_parameters() if p.requires_grad}
     assert set(trained) == set(best)
-    for name, value in best.items():
-        torch.testing.assert_close(trained[name], value, rtol=0, atol=0)
+    _assert_holds(trained, best)
     assert AutoTokenizer.from_pretrained(folder / "adapter")("a b").input_ids
     assert not list(folder.glob(".adapter*"))
 
@@ -124,11 +136,6 @@ def test_peft_runs_leave_their_best_adapter_for_from_pretrained(method, model, k
 @pytest.mark.parametrize("method", ["loretta_rep", "lora"])
 def test_quantized_model_runs_filed_apart_with_a_loadable_adapter(quantization, method, sst2_small, tmp_path):
     """MiniLM's real weights loaded in 4 / 8 bits (bitsandbytes on the CPU), QLoRA style."""
-    import torch
-    from peft import PeftModel
-
-    from loretta.experiment import models
-
     args = ["model=minilm", "task=sst2", f"method={method}", f"task.data_dir={sst2_small}",
             "train.max_steps=4", "train.eval_every=2", "train.lr=1e-2"]
     full = run(args, tmp_path)
@@ -138,14 +145,9 @@ def test_quantized_model_runs_filed_apart_with_a_loadable_adapter(quantization, 
     assert record["metrics"] != full["metrics"]  # a different (quantized) base, in its own folder
     folder = tmp_path / "sst2" / f"minilm-{quantization}" / method / "seed0"
 
-    cfg = compose([*TINY, *args, f"model.quantization={quantization}"])
-    base = models.load(cfg.model, num_labels=2).model
-    assert any(type(m).__name__ in ("Linear4bit", "Linear8bitLt") for m in base.modules())
-    loaded = PeftModel.from_pretrained(base, folder / "adapter")
-    best = torch.load(folder / "checkpoint" / "best.pt", weights_only=True)
-    params = dict(loaded.named_parameters())
-    for name, value in best.items():
-        torch.testing.assert_close(params[name], value, rtol=0, atol=0)
+    loaded, best = _saved_adapter_and_best(folder, [*args, f"model.quantization={quantization}"])
+    assert any(type(m).__name__ in ("Linear4bit", "Linear8bitLt") for m in loaded.modules())
+    _assert_holds(dict(loaded.named_parameters()), best)
 
 
 def test_max_steps_0_evaluates_the_starting_model(kinds, tmp_path):
