@@ -7,7 +7,7 @@ from typing import Optional, Union
 
 from peft import PeftConfig
 
-from .tt_linear import INIT_METHODS
+from .tt_linear import FORWARD_MODES, INIT_METHODS
 from .tt_shapes import validate_tt_shapes_mapping
 
 BIAS_CHOICES = ("none", "all")
@@ -73,6 +73,16 @@ class LorettaConfigBase(PeftConfig):
         default=None,
         metadata={"help": "Explicit TT modes per weight size, e.g. {'768x64': [8, 8, 12, 8, 8]}; others are computed."},
     )
+    tt_forward: str = field(
+        default="auto",
+        metadata={
+            "help": "How a TT layer used as a linear map (LoRETTA_adp's projections, the tensorized head) multiplies: "
+            "'factors': by the two rank-r factors its modes split into at the in/out boundary, r*(in+out) instead "
+            "of in*out multiply-adds per token; 'matrix': by the rebuilt dense matrix, one matmul (fewest GPU "
+            "kernels); 'auto' (default): factors where they are fewer multiply-adds, except on CUDA. The same "
+            "map either way. LoRETTA_rep's factors are always used as matrices."
+        },
+    )
     bias: str = field(default="none", metadata={"help": "Also train the base model's biases: 'none' or 'all'."})
     modules_to_save: Optional[list[str]] = field(
         default=None, metadata={"help": "Extra modules to train and save (heads, norms are added automatically)."}
@@ -82,6 +92,8 @@ class LorettaConfigBase(PeftConfig):
         check_positive_int("tensor_rank", self.tensor_rank)
         if self.init_method not in INIT_METHODS:
             raise ValueError(f"init_method {self.init_method!r} is not one of {list(INIT_METHODS)}")
+        if self.tt_forward not in FORWARD_MODES:
+            raise ValueError(f"tt_forward {self.tt_forward!r} is not one of {list(FORWARD_MODES)}")
         if self.bias not in BIAS_CHOICES:
             raise ValueError(f"bias {self.bias!r} is not one of {list(BIAS_CHOICES)}")
         validate_tt_shapes_mapping(self.tt_shapes)

@@ -31,11 +31,11 @@ class LorettaLayerBase(nn.Module, BaseTunerLayer):
         return self.get_base_layer().weight.device
 
     def make_tt(self, in_features: int, out_features: int, config, bias: bool, init: str,
-                subtract_initial: bool = True) -> TTLinear:
+                subtract_initial: bool = True, forward: str | None = None) -> TTLinear:
         shape = resolve_tt_shape(in_features, out_features, config.tt_shapes)
         return TTLinear(
             in_features, out_features, shape, config.tensor_rank, bias=bias, init=init, device=self._adapter_device(),
-            subtract_initial=subtract_initial,
+            subtract_initial=subtract_initial, forward=config.tt_forward if forward is None else forward,
         )
 
     def active_tt_layers(self) -> list[TTLinear]:

@@ -6,8 +6,9 @@ LLaMA-2-7B LoRETTA_adp model has 192 TT layers: thousands of launches per step t
 make (`scripts/bench_methods.py --flops-only` counts them). Layers of one structure (shape, rank,
 in/out sizes) are therefore rebuilt together: their cores are stacked and contracted with the same
 few batched products, once per model forward, and each layer is handed its slice (TTLinear.hold).
-The values are those of each layer's own rebuild (the same products, stacked); a layer whose cores
-change afterwards (an optimizer step, a load) rebuilds its own again.
+Layers that multiply by their factors (TTLinear.multiplies_by_factors) get their factors the
+same way. The values are those of each layer's own rebuild (the same products, stacked); a layer
+whose cores change afterwards (an optimizer step, a load) rebuilds its own again.
 """
 
 from __future__ import annotations
@@ -16,35 +17,58 @@ from collections import defaultdict
 
 import torch
 
-from .tt_linear import TTLinear, stacked_matrix
+from .tt_linear import TTLinear, difference_factors, stacked_factors, stacked_matrix
+
+
+def _stacked(group: list[TTLinear], factors: bool):
+    """The group's matrices (G x in x out), or its factors (Lt (G x k x in), R (G x k x out))."""
+    first = group[0]
+    cores = [torch.stack(same) for same in zip(*(list(layer.cores) for layer in group))]
+    initial = None
+    if first.subtracts_initial():
+        initial = [torch.stack(same) for same in zip(*(layer.initial_cores.tensors() for layer in group))]
+    if factors:
+        left, right = stacked_factors(cores, first.split)
+        if initial is None:
+            return difference_factors(left, right)
+        with torch.no_grad():
+            left0, right0 = stacked_factors(initial, first.split)
+        return difference_factors(left, right, left0, right0)
+    size = (first.in_features, first.out_features, first.split)
+    matrices = stacked_matrix(cores, *size)
+    if initial is not None:
+        # the initial product by the same stacked products, so W is exactly 0 at step 0
+        with torch.no_grad():
+            initial_matrices = stacked_matrix(initial, *size)
+        matrices = matrices - initial_matrices
+    return matrices
+
+
+def _per_layer(parts, factors: bool) -> list:
+    """Each layer's slice of the stacked matrices, or its (Lt, R) pair."""
+    slices = [t.unbind(0) for t in parts]
+    return list(zip(*slices)) if factors else list(slices[0])
 
 
 def rebuild_together(layers: list[TTLinear], dtypes: list[torch.dtype | None] | None = None) -> None:
-    """Rebuild the matrices of `layers`, grouped by structure; `dtypes`: each layer's expected
-    activation dtype, to which its matrix and bias are cast in the same batched step (None: none)."""
+    """Rebuild the matrices (or factors) of `layers`, grouped by structure; `dtypes`: each layer's
+    expected activation dtype, to which they and the bias are cast in the same batched step (None: none)."""
     groups: dict[tuple, list[TTLinear]] = defaultdict(list)
     for layer, dtype in zip(layers, dtypes or [None] * len(layers)):
         groups[(layer.batch_key(), dtype, layer.bias is not None)].append(layer)
     for (_, dtype, has_bias), group in groups.items():
         if len(group) < 2:
             continue  # nothing to share: the layer rebuilds its own
-        first = group[0]
-        size = (first.in_features, first.out_features, first.split)
-        cores = [torch.stack(same) for same in zip(*(list(layer.cores) for layer in group))]
-        matrices = stacked_matrix(cores, *size)
-        if first.initial_cores is not None and first.subtract_initial:
-            # the initial product by the same stacked products, so W is exactly 0 at step 0
-            with torch.no_grad():
-                initial = [torch.stack(same) for same in zip(*(layer.initial_cores.tensors() for layer in group))]
-                initial_matrices = stacked_matrix(initial, *size)
-            matrices = matrices - initial_matrices
+        factors = group[0].multiplies_by_factors(group[0].cores[0].device)
+        stacked = _stacked(group, factors)
+        parts = stacked if factors else (stacked,)
         casts = [None] * len(group)
-        if dtype is not None and dtype != matrices.dtype:  # e.g. fp32 cores in a bf16 model: cast once
-            cast_matrices = matrices.to(dtype).unbind(0)
+        if dtype is not None and dtype != parts[0].dtype:  # e.g. fp32 cores in a bf16 model: cast once
+            cast_operands = _per_layer([t.to(dtype) for t in parts], factors)
             cast_biases = torch.stack([layer.bias for layer in group]).to(dtype).unbind(0) if has_bias else None
-            casts = [(dtype, cast_matrices[i], cast_biases[i] if has_bias else None) for i in range(len(group))]
-        for layer, matrix, cast in zip(group, matrices.unbind(0), casts):
-            layer.hold(matrix, cast)
+            casts = [(dtype, cast_operands[i], cast_biases[i] if has_bias else None) for i in range(len(group))]
+        for layer, operands, cast in zip(group, _per_layer(parts, factors), casts):
+            layer.hold("factors" if factors else "matrix", operands, cast)
 
 
 def rebuild_before_forward(model, args) -> None:

@@ -3,8 +3,13 @@
 The weight W (in x out) is the row-major reshape of the TT tensor G_1 x ... x G_d, G_i of shape
 (r_{i-1}, k_i, r_i). Cores stay fp32 whatever the activations' dtype (bf16 reconstruction loses
 about 5e-3 relative, DESIGN.md section 4); the rebuilt matrix is cast to the input's dtype.
-Forward rebuilds W and does one matmul: for adapter-sized matrices this beat contracting the input
-through the cores one by one (DESIGN.md section 4).
+When the modes split at the in/out boundary, W = L @ R with L (in x r) the product of the input-side
+cores and R (r x out) that of the output-side ones: W has rank r. The forward then multiplies the
+input by the two factors, r * (in + out) multiply-adds per token instead of in * out (for a 768 x 64
+adapter projection at rank 5: 4,160 instead of 49,152), except on CUDA, where the two products
+launch more kernels than the one matmul by the rebuilt W (`forward=` / the configs' `tt_forward`).
+Either way W or its factors are built from the cores once per forward; contracting the input
+through the cores one by one was 2-10x slower for these sizes (DESIGN.md section 4).
 """
 
 from __future__ import annotations
@@ -22,6 +27,11 @@ from .tt_shapes import validate_tt_shape
 # "identity":        the last core of the output-side factor is zero (output unchanged at step 0)
 # "gaussian":        the released code's Gaussian cores (output changes at step 0)
 INIT_METHODS = ("noise_reduction", "identity", "gaussian")
+
+# How forward() multiplies: "factors": x @ L @ R (needs modes that split at the in/out boundary);
+# "matrix": x @ W with W rebuilt; "auto": factors where they take fewer multiply-adds, except on
+# CUDA (more kernel launches; the GPU benchmark's loretta_adp_factors row measures both)
+FORWARD_MODES = ("auto", "factors", "matrix")
 
 
 # The products below take cores stacked along a leading dimension: (G, r_in, k, r_out) for G TT
@@ -62,6 +72,18 @@ def stacked_matrix(cores, in_features: int, out_features: int, split: int | None
         return _chain(cores).reshape(-1, in_features, out_features)
     left, right = stacked_factors(cores, split)
     return torch.bmm(left, right)
+
+
+def difference_factors(left, right, left0=None, right0=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Lt (.. x k x in), R (.. x k x out)) with Lt^T @ R = L @ R - L0 @ R0 (k = 2r), or L @ R
+    (k = r) without initial factors. [L - L0 | L0] @ [R ; R - R0] rather than [L | L0] @ [R ; -R0]:
+    the same product, but exactly 0 while L = L0 and R = R0 (step 0), as the rebuilt matrix is.
+    L is returned transposed, (k x in) contiguous as an nn.Linear weight: x @ L in that layout, and
+    its backward, ran 2-3x faster on this project's CPU than with L stored (in x k)."""
+    if left0 is None:
+        return left.mT.contiguous(), right
+    left_t = torch.cat([(left - left0).mT, left0.mT], dim=-2)
+    return left_t, torch.cat([right, right - right0], dim=-2)
 
 
 def tt_factors(cores, split: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,6 +155,9 @@ class TTLinear(nn.Module):
     subtract_initial=True, W = TT(cores) - TT(initial cores), which is 0 at step 0 while every core
     gets gradient from the first step. (LoRETTA_rep removes the initial product A0 @ B0 instead, so it
     keeps the copies without subtracting them here.)
+
+    forward (FORWARD_MODES): how forward() multiplies, see the module docstring; it changes the
+    arithmetic, not the map (the two agree within fp32 rounding).
     """
 
     def __init__(
@@ -146,6 +171,7 @@ class TTLinear(nn.Module):
         dtype: torch.dtype = torch.float32,
         device=None,
         subtract_initial: bool = True,
+        forward: str = "auto",
     ):
         super().__init__()
         if not isinstance(rank, int) or rank < 1:
@@ -159,6 +185,14 @@ class TTLinear(nn.Module):
         self.shape = shape
         self.rank = rank
         self.split = boundary_split(shape, in_features)
+        if forward not in FORWARD_MODES:
+            raise ValueError(f"tt_forward {forward!r} is not one of {list(FORWARD_MODES)}")
+        if forward == "factors" and self.split is None:
+            raise ValueError(
+                f"tt_forward='factors' needs TT modes whose leading ones multiply to in_features={in_features}; "
+                f"{list(shape)} for {in_features}x{out_features} do not: use 'auto' or 'matrix', or such a shape"
+            )
+        self.forward_mode = forward
         ranks = [1] + [rank] * (len(shape) - 1) + [1]
         self.cores = nn.ParameterList(
             nn.Parameter(torch.empty(ranks[i], k, ranks[i + 1], dtype=dtype, device=device))
@@ -167,7 +201,8 @@ class TTLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
         self.initial_cores = FrozenCores(self.cores) if init == "noise_reduction" else None
         self.subtract_initial = subtract_initial
-        self._held = None  # (matrix, key): this layer's matrix, rebuilt together with others (tt_batch.py)
+        # (form, operands, cast, key): this layer's matrix or factors, rebuilt together with others (tt_batch.py)
+        self._held = None
         self.reset_parameters(init)
 
     @torch.no_grad()
@@ -194,11 +229,24 @@ class TTLinear(nn.Module):
         """TT(initial cores) (noise_reduction only), cached."""
         return self.initial_cores.matrix(self.in_features, self.out_features, self.split)
 
+    def subtracts_initial(self) -> bool:
+        return self.initial_cores is not None and self.subtract_initial
+
+    def multiplies_by_factors(self, device: torch.device) -> bool:
+        """Whether forward() on `device` multiplies by the factors (x @ L @ R) or by the rebuilt W."""
+        if self.split is None or self.forward_mode == "matrix":
+            return False
+        if self.forward_mode == "factors":
+            return True
+        width = self.rank * (2 if self.subtracts_initial() else 1)
+        fewer = width * (self.in_features + self.out_features) < self.in_features * self.out_features
+        return fewer and device.type != "cuda"
+
     def batch_key(self) -> tuple:
-        """Layers with equal keys rebuild their matrices with the same stacked products."""
+        """Layers with equal keys rebuild their matrices (or factors) with the same stacked products."""
         core = self.cores[0]
-        subtracted = self.initial_cores is not None and self.subtract_initial
-        return (self.shape, self.rank, self.in_features, self.out_features, subtracted, core.dtype, core.device)
+        return (self.shape, self.rank, self.in_features, self.out_features, self.subtracts_initial(),
+                self.multiplies_by_factors(core.device), core.dtype, core.device)
 
     def _state_key(self) -> tuple:
         # in-place updates (optimizer steps, load_state_dict) bump _version; .to() changes data_ptr
@@ -206,32 +254,42 @@ class TTLinear(nn.Module):
         bias = [self.bias] if self.bias is not None else []
         return tuple((t.data_ptr(), t._version) for t in (*self.cores, *frozen, *bias))
 
-    def hold(self, matrix: torch.Tensor, cast: tuple | None = None) -> None:
-        """Use `matrix` as this layer's weight_matrix() for as long as the cores stay as they are;
-        `cast` = (dtype, matrix, bias) already cast to the activations' dtype, for forward()."""
-        self._held = (matrix, cast, self._state_key())
+    def hold(self, form: str, operands, cast: tuple | None = None) -> None:
+        """Use `operands` as this layer's weight_matrix() (form "matrix") or factors() (form
+        "factors", a (Lt, R) pair) for as long as the cores stay as they are; `cast` = (dtype,
+        operands, bias) already cast to the activations' dtype, for forward()."""
+        self._held = (form, operands, cast, self._state_key())
 
-    def _valid_held(self):
+    def _valid_held(self, form: str):
         if self._held is None or torch.compiler.is_compiling():
             return None
-        matrix, cast, key = self._held
-        # a matrix built without a graph (under no_grad) must not stand in where gradients are wanted
+        held_form, operands, cast, key = self._held
+        # operands built without a graph (under no_grad) must not stand in where gradients are wanted
         wants_graph = torch.is_grad_enabled() and self.cores[0].requires_grad
-        if key != self._state_key() or (wants_graph and matrix.grad_fn is None):
+        first = operands if held_form == "matrix" else operands[0]
+        if key != self._state_key() or (wants_graph and first.grad_fn is None):
             self._held = None
             return None
-        return matrix, cast
+        return (operands, cast) if held_form == form else None
 
     def _held_matrix(self) -> torch.Tensor | None:
-        held = self._valid_held()
+        held = self._valid_held("matrix")
         return None if held is None else held[0]
 
-    def _weight_and_bias(self, dtype: torch.dtype):
-        held = self._valid_held()
+    def _operands_and_bias(self, form: str, dtype: torch.dtype):
+        """The held (or freshly built) matrix or factors, and the bias, in `dtype`."""
+        held = self._valid_held(form)
         if held is not None and held[1] is not None and held[1][0] == dtype:
             return held[1][1], held[1][2]
-        weight = (held[0] if held is not None else self.weight_matrix()).to(dtype)
-        return weight, None if self.bias is None else self.bias.to(dtype)
+        if held is not None:
+            operands = held[0]
+        else:
+            operands = self.factors() if form == "factors" else self.weight_matrix()
+        if form == "factors":
+            operands = tuple(t.to(dtype) for t in operands)
+        else:
+            operands = operands.to(dtype)
+        return operands, None if self.bias is None else self.bias.to(dtype)
 
     def __getstate__(self):
         # copies (deepcopy, pickle) rebuild their own matrix: a held one may carry an autograd graph
@@ -257,8 +315,22 @@ class TTLinear(nn.Module):
             initial = left0 @ right0
         return left @ right - initial
 
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Lt (k x in), R (k x out)) with W = Lt^T @ R: k = rank, or 2 * rank when the initial
+        product is subtracted (difference_factors). Needs modes split at the in/out boundary."""
+        held = self._valid_held("factors")
+        if held is not None:
+            return held[0]
+        left, right = tt_factors(list(self.cores), self.split)
+        if not self.subtracts_initial():
+            return difference_factors(left, right)
+        return difference_factors(left, right, *self.initial_cores.factors(self.split))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight, bias = self._weight_and_bias(x.dtype)
+        if self.multiplies_by_factors(x.device):
+            (left_t, right), bias = self._operands_and_bias("factors", x.dtype)
+            return F.linear(F.linear(x, left_t), right.t(), bias)
+        weight, bias = self._operands_and_bias("matrix", x.dtype)
         return F.linear(x, weight.t(), bias)
 
     def to_dense_linear(self) -> nn.Linear:

@@ -131,6 +131,7 @@ class LorettaTunerBase(BaseTuner):
                     bias=module.bias is not None,
                     init="gaussian",
                     device=module.weight.device,
+                    forward=peft_config.tt_forward,
                 )
                 setattr(parent, child, tt)
         # The head's parent (pooler / classification head) is trained and saved as a whole: with a

@@ -33,9 +33,12 @@ from dataclasses import dataclass, replace
 
 METHODS = ("floor", "ft", "lora", "ia3", "adapters", "loretta_adp", "loretta_rep")
 # not run by default (memory comparisons): LoRETTA with its layer norms frozen, as LoRA leaves them,
-# and with its trainable norms keeping their normalised input instead of recomputing it in backward
+# and with its trainable norms keeping their normalised input instead of recomputing it in backward;
+# LoRETTA_adp's projections multiplying by their two TT factors, or by the rebuilt matrix, whatever
+# the device's default (tt_forward: factors on a CPU, the matrix on CUDA)
 EXTRA_METHODS = ("loretta_adp_frozen_norms", "loretta_rep_frozen_norms",
-                 "loretta_adp_stored_norms", "loretta_rep_stored_norms")
+                 "loretta_adp_stored_norms", "loretta_rep_stored_norms",
+                 "loretta_adp_factors", "loretta_adp_matrix")
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,8 @@ def wrap(model, method: str, preset: Preset):
         "loretta_rep_frozen_norms": lambda: LorettaRepConfig(task_type=preset.task, trainable_layer_norms=False),
         "loretta_adp_stored_norms": lambda: LorettaAdpConfig(task_type=preset.task, recompute_layer_norms=False),
         "loretta_rep_stored_norms": lambda: LorettaRepConfig(task_type=preset.task, recompute_layer_norms=False),
+        "loretta_adp_factors": lambda: LorettaAdpConfig(task_type=preset.task, tt_forward="factors"),
+        "loretta_adp_matrix": lambda: LorettaAdpConfig(task_type=preset.task, tt_forward="matrix"),
     }
     return get_peft_model(model, configs[method]())
 
@@ -344,10 +349,18 @@ def meta_flops(preset_name: str, methods) -> str:
     The attention is counted as the meta device's kernel choice has it, so totals can differ a
     little from the device's (llama-small-cpu: +2.5%, the same for every method); the ratios agree.
     Models whose code reads tensor values (DeBERTa's relative positions) cannot run there."""
+    import torch
+
+    from loretta import TTLinear
+
     preset = replace(PRESETS[preset_name], device="meta")
+    real_device = torch.device(PRESETS[preset_name].device)
     flops, ops = {}, {}
     for method in methods:
         model = wrap(build_model(preset), method, preset)
+        for tt in (m for m in model.modules() if isinstance(m, TTLinear) and m.forward_mode == "auto"):
+            # the meta device stands in for the preset's: TT layers multiply as they would there
+            tt.forward_mode = "factors" if tt.multiplies_by_factors(real_device) else "matrix"
         model.train()
         ids, labels = make_batch(model, preset)
         try:

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-results/bench}"
 PRESETS="${PRESETS:-deberta-base-gpu llama2-7b-gpu}"
 ROUNDS="${ROUNDS:-2}"
-METHODS="${METHODS:-floor ft lora ia3 adapters loretta_adp loretta_rep loretta_adp_stored_norms loretta_rep_stored_norms}"
+METHODS="${METHODS:-floor ft lora ia3 adapters loretta_adp loretta_rep loretta_adp_factors loretta_adp_stored_norms loretta_rep_stored_norms}"
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false

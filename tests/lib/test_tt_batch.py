@@ -12,7 +12,10 @@ from loretta.tt_batch import rebuild_together
 from .tiny_models import tiny_batch, tiny_model
 
 METHODS = {
+    # on a CPU, LoRETTA_adp's projections multiply by their factors ("auto"); on CUDA by the matrix
     "adp": lambda **kw: LorettaAdpConfig(task_type="CAUSAL_LM", tensor_rank=3, bottleneck_size=8, **kw),
+    "adp_matrix": lambda **kw: LorettaAdpConfig(task_type="CAUSAL_LM", tensor_rank=3, bottleneck_size=8,
+                                                tt_forward="matrix", **kw),
     "rep": lambda **kw: LorettaRepConfig(task_type="CAUSAL_LM", tensor_rank=3, r=4, lora_dropout=0.0, **kw),
 }
 
@@ -40,7 +43,22 @@ def _hook(model):
     return model.base_model.model._loretta_rebuild_hook
 
 
-@pytest.mark.parametrize("method", ["adp", "rep"])
+def _held(tt):
+    """What `tt` holds for its forward (matrix or factors), if still valid."""
+    held = tt._valid_held("factors" if tt.multiplies_by_factors(tt.cores[0].device) else "matrix")
+    return None if held is None else held[0]
+
+
+def test_adapter_projections_multiply_by_factors_on_a_cpu_unless_told_otherwise():
+    layers = lambda model: [m for m in model.modules() if isinstance(m, TTLinear)]  # noqa: E731
+    cpu = torch.device("cpu")
+    assert all(tt.multiplies_by_factors(cpu) for tt in layers(_model("adp")))
+    assert not any(tt.multiplies_by_factors(cpu) for tt in layers(_model("adp_matrix")))
+    assert not any(tt.multiplies_by_factors(cpu) for tt in layers(_model("rep")))  # rep's A, B are matrices
+    assert not any(tt.multiplies_by_factors(torch.device("cuda")) for tt in layers(_model("adp")))
+
+
+@pytest.mark.parametrize("method", ["adp", "adp_matrix", "rep"])
 @pytest.mark.parametrize("init, checkpointing, dtype", [("noise_reduction", False, torch.float32),
                                                         ("gaussian", False, torch.float32),
                                                         ("noise_reduction", True, torch.float32),
@@ -55,12 +73,13 @@ def test_rebuilding_together_gives_each_layers_own_output_and_gradients(method, 
     served = []
     for layer in (m for m in model.modules() if isinstance(m, LorettaLayerBase)):
         layer.register_forward_pre_hook(
-            lambda module, args: served.extend(tt._held_matrix() is not None for tt in module.active_tt_layers()))
+            lambda module, args: served.extend(_held(tt) is not None for tt in module.active_tt_layers()))
     together = _loss_and_grads(model, batch)
-    assert served and all(served)  # every TT layer served a matrix rebuilt with the others
-    if dtype != torch.float32 and method == "adp":
-        held_casts = [tt._held[1] for tt in model.modules() if isinstance(tt, TTLinear)]
-        assert all(cast is not None and cast[0] == dtype and cast[1].dtype == dtype for cast in held_casts)
+    assert served and all(served)  # every TT layer served a matrix (or factors) rebuilt with the others
+    if dtype != torch.float32 and method != "rep":
+        held_casts = [tt._held[2] for tt in model.modules() if isinstance(tt, TTLinear)]
+        cast_dtypes = [[t.dtype for t in (cast[1] if isinstance(cast[1], tuple) else [cast[1]])] for cast in held_casts]
+        assert all(cast[0] == dtype for cast in held_casts) and all(d == dtype for ds in cast_dtypes for d in ds)
 
     _hook(model).remove()
     for tt in (m for m in model.modules() if isinstance(m, TTLinear)):
@@ -72,12 +91,13 @@ def test_rebuilding_together_gives_each_layers_own_output_and_gradients(method, 
         torch.testing.assert_close(together[1][name], alone[1][name], rtol=1e-5, atol=1e-8)
 
 
-def test_noise_reduction_still_leaves_the_output_unchanged_at_step_0():
+@pytest.mark.parametrize("method", ["adp", "adp_matrix"])
+def test_noise_reduction_still_leaves_the_output_unchanged_at_step_0(method):
     base = tiny_model("llama", task="CAUSAL_LM", num_hidden_layers=3)
     batch = tiny_batch(base)
     with torch.no_grad():
         before = base(**batch).logits
-    model = get_peft_model(base, METHODS["adp"](trainable_layer_norms=False))
+    model = get_peft_model(base, METHODS[method](trainable_layer_norms=False))
     layers = [m for m in model.modules() if isinstance(m, TTLinear) and m.initial_cores is not None]
     rebuild_together(layers)
     assert all(torch.count_nonzero(m.weight_matrix()) == 0 for m in layers)  # exactly 0, not just small
@@ -85,20 +105,23 @@ def test_noise_reduction_still_leaves_the_output_unchanged_at_step_0():
         torch.testing.assert_close(model(**batch).logits, before, rtol=0, atol=0)
 
 
-def test_a_held_matrix_is_not_used_once_the_cores_change_or_a_graph_is_wanted():
-    model = _model("adp")
+@pytest.mark.parametrize("method", ["adp", "adp_matrix"])
+def test_held_operands_are_not_used_once_the_cores_change_or_a_graph_is_wanted(method):
+    model = _model(method)
     layers = [m for m in model.modules() if isinstance(m, TTLinear)]
     with torch.no_grad():
         rebuild_together(layers)
     layer = next(m for m in layers if m.initial_cores is not None)  # an up projection: W = TT - TT0
-    assert layer._held_matrix() is None  # built without a graph, asked for with one
+    assert _held(layer) is None  # built without a graph, asked for with one
     rebuild_together(layers)
-    held = layer._held_matrix()
-    assert held is not None and held.grad_fn is not None
+    held = _held(layer)
+    assert held is not None and (held if method == "adp_matrix" else held[0]).grad_fn is not None
     with torch.no_grad():
         layer.cores[0].mul_(2)  # what an optimizer step does
-    assert layer._held_matrix() is None
+    assert _held(layer) is None
     torch.testing.assert_close(layer.weight_matrix(), layer.raw_matrix() - layer.initial_matrix())
+    left_t, right = layer.factors()
+    torch.testing.assert_close(left_t.t() @ right, layer.weight_matrix())
 
 
 def test_gradient_accumulation_copies_and_unloading():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from loretta.tt_linear import TTLinear, tt_to_matrix
+from loretta.tt_linear import INIT_METHODS, TTLinear, tt_to_matrix
 
 
 @pytest.mark.parametrize(
@@ -37,6 +37,70 @@ def test_gradcheck_float64():
         for c, v in zip(layer.cores, cores):
             c.copy_(v)
     torch.testing.assert_close(layer(x), forward(x, bias, *cores))
+
+
+def _trained(layer: TTLinear) -> TTLinear:
+    """Cores moved away from their initial values, a nonzero bias: every term of the map matters."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.1)
+    return layer
+
+
+@pytest.mark.parametrize("forward", ["factors", "matrix"])
+@pytest.mark.parametrize("init", INIT_METHODS)
+def test_both_forwards_pass_gradcheck_in_float64(forward, init):
+    layer = _trained(TTLinear(12, 6, (3, 4, 6), rank=3, init=init, forward=forward).double())
+    names, values = zip(*[(n, p.detach().clone().requires_grad_()) for n, p in layer.named_parameters()])
+    x = torch.randn(5, 12, dtype=torch.float64, requires_grad=True)
+
+    def call(x, *values):
+        return torch.func.functional_call(layer, dict(zip(names, values)), (x,))
+
+    assert torch.autograd.gradcheck(call, (x, *values))
+
+
+@pytest.mark.parametrize("n_in, n_out, shape", [(768, 64, (8, 8, 12, 8, 8)), (64, 768, (8, 8, 12, 8, 8)),
+                                                (4096, 8, (16, 16, 16, 2, 4))])
+@pytest.mark.parametrize("init", INIT_METHODS)
+def test_multiplying_by_the_factors_is_the_same_map_as_by_the_matrix(n_in, n_out, shape, init):
+    """x @ Lt^T @ R + b against x @ W + b: outputs and every gradient, in fp32."""
+    by_factors = _trained(TTLinear(n_in, n_out, shape, rank=5, init=init, forward="factors"))
+    by_matrix = TTLinear(n_in, n_out, shape, rank=5, init=init, forward="matrix")
+    by_matrix.load_state_dict(by_factors.state_dict())
+    assert by_factors.multiplies_by_factors(torch.device("cpu"))
+    assert not by_matrix.multiplies_by_factors(torch.device("cpu"))
+    x = torch.randn(2, 7, n_in)
+    outputs = []
+    for layer in (by_factors, by_matrix):
+        out = layer(x)
+        out.square().sum().backward()
+        outputs.append((out, [p.grad for p in layer.parameters()]))
+    # fp32 rounding, relative to each tensor's scale (the two sum the same terms in different orders)
+    close = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())  # noqa: E731
+    close(outputs[0][0], outputs[1][0])
+    for grad_factors, grad_matrix in zip(outputs[0][1], outputs[1][1]):
+        close(grad_factors, grad_matrix)
+    left_t, right = by_factors.factors()
+    assert left_t.is_contiguous() and left_t.shape[-1] == n_in  # laid out as an nn.Linear weight
+
+
+def test_noise_reduction_factors_give_exactly_zero_at_step_0():
+    layer = TTLinear(768, 64, (8, 8, 12, 8, 8), rank=5, init="noise_reduction", forward="factors")
+    assert torch.count_nonzero(layer(torch.randn(4, 768))) == 0
+
+
+def test_forward_mode_is_validated():
+    with pytest.raises(ValueError, match=r"tt_forward 'sparse' is not one of \['auto', 'factors', 'matrix'\]"):
+        TTLinear(16, 8, (4, 4, 8), rank=2, forward="sparse")
+    # the modes of 6 x 4 as [2, 12] do not split between input and output: no factors to multiply by
+    with pytest.raises(ValueError, match=r"tt_forward='factors'.*\[2, 12\] for 6x4"):
+        TTLinear(6, 4, (2, 12), rank=2, forward="factors")
+    assert not TTLinear(6, 4, (2, 12), rank=2).multiplies_by_factors(torch.device("cpu"))  # auto: the matrix
+    # auto takes the factors only where they are fewer multiply-adds: rank 6 on 12 x 10 is not
+    assert not TTLinear(12, 10, (3, 4, 5, 2), rank=6).multiplies_by_factors(torch.device("cpu"))
+    assert TTLinear(12, 10, (3, 4, 5, 2), rank=2).multiplies_by_factors(torch.device("cpu"))
 
 
 def test_identity_init_gives_zero_weight_and_gaussian_has_target_scale():

@@ -346,6 +346,7 @@ def test_user_targets_on_an_unknown_family_and_errors_listing_linear_layers():
         (lambda: LorettaAdpConfig(non_linearity="relux"), "non_linearity 'relux' is not one of"),
         (lambda: LorettaAdpConfig(init_method="zeros"), r"init_method 'zeros' is not one of \['noise_reduction', 'identity', 'gaussian'\]"),
         (lambda: LorettaAdpConfig(bias="lora_only"), "bias 'lora_only' is not one of"),
+        (lambda: LorettaRepConfig(tt_forward="dense"), r"tt_forward 'dense' is not one of \['auto', 'factors', 'matrix'\]"),
         (lambda: LorettaAdpConfig(adapter_dropout=1.5), "adapter_dropout must be in"),
         (lambda: LorettaAdpConfig(tt_shapes={"768x64": [8, 8]}), r"product 64.*768x64"),
         (lambda: LorettaAdpConfig(tt_shapes={"big": [8, 8]}), "tt_shapes key 'big' is invalid"),
