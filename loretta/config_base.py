@@ -79,8 +79,8 @@ class LorettaConfigBase(PeftConfig):
             "help": "How a TT layer used as a linear map (LoRETTA_adp's projections, the tensorized head) multiplies: "
             "'factors': by the two rank-r factors its modes split into at the in/out boundary, r*(in+out) instead "
             "of in*out multiply-adds per token; 'matrix': by the rebuilt dense matrix, one matmul (fewest GPU "
-            "kernels); 'auto' (default): factors where they are fewer multiply-adds, except on CUDA. The same "
-            "map either way. LoRETTA_rep's factors are always used as matrices."
+            "kernels); 'auto' (default): on a CPU the factors where they are fewer multiply-adds, on a GPU the "
+            "matrix. The same map either way. LoRETTA_rep's factors are always used as matrices."
         },
     )
     bias: str = field(default="none", metadata={"help": "Also train the base model's biases: 'none' or 'all'."})

@@ -6,8 +6,9 @@ about 5e-3 relative, DESIGN.md section 4); the rebuilt matrix is cast to the inp
 When the modes split at the in/out boundary, W = L @ R with L (in x r) the product of the input-side
 cores and R (r x out) that of the output-side ones: W has rank r. The forward then multiplies the
 input by the two factors, r * (in + out) multiply-adds per token instead of in * out (for a 768 x 64
-adapter projection at rank 5: 4,160 instead of 49,152), except on CUDA, where the two products
-launch more kernels than the one matmul by the rebuilt W (`forward=` / the configs' `tt_forward`).
+adapter projection at rank 5: 4,160 instead of 49,152). That is on a CPU, where the arithmetic is
+the cost; on a GPU the two products launch more kernels than the one matmul by the rebuilt W, and
+the matmul is kept (`forward=` / the configs' `tt_forward`).
 Either way W or its factors are built from the cores once per forward; contracting the input
 through the cores one by one was 2-10x slower for these sizes (DESIGN.md section 4).
 """
@@ -29,8 +30,8 @@ from .tt_shapes import validate_tt_shape
 INIT_METHODS = ("noise_reduction", "identity", "gaussian")
 
 # How forward() multiplies: "factors": x @ L @ R (needs modes that split at the in/out boundary);
-# "matrix": x @ W with W rebuilt; "auto": factors where they take fewer multiply-adds, except on
-# CUDA (more kernel launches; the GPU benchmark's loretta_adp_factors row measures both)
+# "matrix": x @ W with W rebuilt; "auto": factors on a CPU where they take fewer multiply-adds, the
+# matrix on accelerators (fewer kernel launches; the GPU benchmark's loretta_adp_factors row measures both)
 FORWARD_MODES = ("auto", "factors", "matrix")
 
 
@@ -240,7 +241,7 @@ class TTLinear(nn.Module):
             return True
         width = self.rank * (2 if self.subtracts_initial() else 1)
         fewer = width * (self.in_features + self.out_features) < self.in_features * self.out_features
-        return fewer and device.type != "cuda"
+        return fewer and device.type == "cpu"
 
     def batch_key(self) -> tuple:
         """Layers with equal keys rebuild their matrices (or factors) with the same stacked products."""

@@ -35,7 +35,7 @@ METHODS = ("floor", "ft", "lora", "ia3", "adapters", "loretta_adp", "loretta_rep
 # not run by default (memory comparisons): LoRETTA with its layer norms frozen, as LoRA leaves them,
 # and with its trainable norms keeping their normalised input instead of recomputing it in backward;
 # LoRETTA_adp's projections multiplying by their two TT factors, or by the rebuilt matrix, whatever
-# the device's default (tt_forward: factors on a CPU, the matrix on CUDA)
+# the device's default (tt_forward: factors on a CPU, the matrix on a GPU)
 EXTRA_METHODS = ("loretta_adp_frozen_norms", "loretta_rep_frozen_norms",
                  "loretta_adp_stored_norms", "loretta_rep_stored_norms",
                  "loretta_adp_factors", "loretta_adp_matrix")

@@ -79,3 +79,16 @@ def test_gpu_checks_script_runs_its_steps(tmp_path):
     assert json.loads((tmp_path / "tiny-cpu.json").read_text())["preset"] == "tiny-cpu"
     assert "| **total** |" in (tmp_path / "activation_memory_tiny-cpu.md").read_text()
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_bench_layouts_prints_a_row_per_rank_and_refuses_bad_sizes():
+    script = SCRIPT.parent / "bench_layouts.py"
+    run = lambda *args: subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,  # noqa: E731
+                                       timeout=300)
+    proc = run("--tokens", "16", "--width", "32", "--ranks", "2", "4", "--rounds", "1", "--steps", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [row.split("|")[1].strip() for row in rows] == ["2", "4"]
+    assert all("(1.00×)" in row.split("|")[2] for row in rows)  # the reference column
+    bad = run("--ranks", "0")
+    assert bad.returncode != 0 and "--ranks must all be at least 1, got [0]" in bad.stderr

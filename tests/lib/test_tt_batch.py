@@ -12,7 +12,7 @@ from loretta.tt_batch import rebuild_together
 from .tiny_models import tiny_batch, tiny_model
 
 METHODS = {
-    # on a CPU, LoRETTA_adp's projections multiply by their factors ("auto"); on CUDA by the matrix
+    # on a CPU, LoRETTA_adp's projections multiply by their factors ("auto"); on a GPU by the matrix
     "adp": lambda **kw: LorettaAdpConfig(task_type="CAUSAL_LM", tensor_rank=3, bottleneck_size=8, **kw),
     "adp_matrix": lambda **kw: LorettaAdpConfig(task_type="CAUSAL_LM", tensor_rank=3, bottleneck_size=8,
                                                 tt_forward="matrix", **kw),
