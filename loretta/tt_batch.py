@@ -20,8 +20,8 @@ import torch
 from .tt_linear import TTLinear, difference_factors, stacked_factors, stacked_matrix
 
 
-def _stacked(group: list[TTLinear], factors: bool):
-    """The group's matrices (G x in x out), or its factors (Lt (G x k x in), R (G x k x out))."""
+def _stacked(group: list[TTLinear], factors: bool) -> tuple:
+    """The group's (matrices (G x in x out),), or its factors (Lt (G x k x in), R (G x k x out))."""
     first = group[0]
     cores = [torch.stack(same) for same in zip(*(list(layer.cores) for layer in group))]
     initial = None
@@ -41,7 +41,7 @@ def _stacked(group: list[TTLinear], factors: bool):
         with torch.no_grad():
             initial_matrices = stacked_matrix(initial, *size)
         matrices = matrices - initial_matrices
-    return matrices
+    return (matrices,)
 
 
 def _per_layer(parts, factors: bool) -> list:
@@ -60,8 +60,7 @@ def rebuild_together(layers: list[TTLinear], dtypes: list[torch.dtype | None] | 
         if len(group) < 2:
             continue  # nothing to share: the layer rebuilds its own
         factors = group[0].multiplies_by_factors(group[0].cores[0].device)
-        stacked = _stacked(group, factors)
-        parts = stacked if factors else (stacked,)
+        parts = _stacked(group, factors)
         casts = [None] * len(group)
         if dtype is not None and dtype != parts[0].dtype:  # e.g. fp32 cores in a bf16 model: cast once
             cast_operands = _per_layer([t.to(dtype) for t in parts], factors)

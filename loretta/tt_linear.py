@@ -280,16 +280,13 @@ class TTLinear(nn.Module):
     def _operands_and_bias(self, form: str, dtype: torch.dtype):
         """The held (or freshly built) matrix or factors, and the bias, in `dtype`."""
         held = self._valid_held(form)
-        if held is not None and held[1] is not None and held[1][0] == dtype:
-            return held[1][1], held[1][2]
-        if held is not None:
-            operands = held[0]
+        if held is None:
+            operands, cast = (self._built_factors() if form == "factors" else self._built_matrix()), None
         else:
-            operands = self.factors() if form == "factors" else self.weight_matrix()
-        if form == "factors":
-            operands = tuple(t.to(dtype) for t in operands)
-        else:
-            operands = operands.to(dtype)
+            operands, cast = held
+        if cast is not None and cast[0] == dtype:
+            return cast[1], cast[2]
+        operands = tuple(t.to(dtype) for t in operands) if form == "factors" else operands.to(dtype)
         return operands, None if self.bias is None else self.bias.to(dtype)
 
     def __getstate__(self):
@@ -301,9 +298,10 @@ class TTLinear(nn.Module):
     def weight_matrix(self) -> torch.Tensor:
         """The effective dense (in x out) matrix, in the cores' dtype."""
         held = self._held_matrix()
-        if held is not None:
-            return held
-        if self.initial_cores is None or not self.subtract_initial:
+        return held if held is not None else self._built_matrix()
+
+    def _built_matrix(self) -> torch.Tensor:
+        if not self.subtracts_initial():
             return self.raw_matrix()
         if self.split is None:
             return self.raw_matrix() - self.initial_matrix()
@@ -320,8 +318,9 @@ class TTLinear(nn.Module):
         """(Lt (k x in), R (k x out)) with W = Lt^T @ R: k = rank, or 2 * rank when the initial
         product is subtracted (difference_factors). Needs modes split at the in/out boundary."""
         held = self._valid_held("factors")
-        if held is not None:
-            return held[0]
+        return held[0] if held is not None else self._built_factors()
+
+    def _built_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         left, right = tt_factors(list(self.cores), self.split)
         if not self.subtracts_initial():
             return difference_factors(left, right)
