@@ -28,9 +28,13 @@ def sub_batches(x: torch.Tensor, adapter_names, where: str) -> list[tuple[str, t
     """
     samples = len(adapter_names)
     if samples == 0 or len(x) % samples:
+        # the model's batch was checked on entry (_check_batch): a layer that sees another count also
+        # acts on something shared by the whole batch, e.g. DeBERTa-v2's query_proj / key_proj, which
+        # also project the relative-position table (PEFT's LoRA refuses that case too)
         raise ValueError(
-            f"adapter_names has {samples} entries but {where} received a batch of {len(x)}: "
-            "give one adapter name per sample"
+            f"adapter_names has {samples} entries but {where} received a batch of {len(x)}: this layer also "
+            "acts on a tensor shared by all samples (as DeBERTa-v2's query_proj projects the relative-position "
+            "table), which one mixed batch cannot give each adapter; run each adapter's samples in their own batch"
         )
     rows_per_sample = len(x) // samples
     order: dict[str, list[int]] = {}
@@ -58,6 +62,14 @@ def _per_sample_wrapper_forward(wrapper: ModulesToSaveWrapper, *args, adapter_na
             f"mixed adapter batches need the input of {type(wrapper.original_module).__name__} passed positionally"
         )
     x, *rest = args
+    if isinstance(x, nn.Parameter):
+        # e.g. DeBERTa-v2's norm of the relative-position table: one result serves every sample
+        raise ValueError(
+            f"mixed adapter batches: the trained {type(wrapper.original_module).__name__} is applied to a "
+            f"parameter of shape {tuple(x.shape)} shared by all samples, not to each sample's activations, so "
+            "its per-adapter copies cannot serve one batch; run each adapter's samples in their own batch, "
+            "or leave that module out of modules_to_save"
+        )
     out = None
     for name, index in sub_batches(x, adapter_names, type(wrapper.original_module).__name__):
         module = wrapper.modules_to_save[name] if name in wrapper.modules_to_save else wrapper.original_module

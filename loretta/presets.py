@@ -18,6 +18,8 @@ class FamilyPreset:
     adp_input_side: tuple[str, ...]  # adapter on the module's input
     rep_targets: tuple[str, ...]  # LoRETTA_rep (LoRA) targets: the attention query and value
     head_dense: str | None = None  # hidden x hidden layer of the classification head, tensorized for SEQ_CLS
+    # norms that stay frozen when the layer norms train: those that do not act on the activations
+    frozen_norms: tuple[str, ...] = ()
 
 
 _BERT_LIKE = FamilyPreset(("output.dense",), (), ("query", "value"), "pooler.dense")
@@ -29,7 +31,11 @@ FAMILY_PRESETS: dict[str, FamilyPreset] = {
     "roberta": _ROBERTA_LIKE,
     "xlm-roberta": _ROBERTA_LIKE,
     "deberta": FamilyPreset(("output.dense",), (), ("in_proj",), "pooler.dense"),  # v1 fuses q,k,v
-    "deberta-v2": FamilyPreset(("output.dense",), (), ("query_proj", "value_proj"), "pooler.dense"),
+    # v2/v3 normalise the relative-position table (encoder.LayerNorm, norm_rel_ebd="layer_norm"): a
+    # parameter shared by every sample, not an activation; training it would also rule out
+    # mixed-adapter batches, where each sample needs its own adapter's copy of every trained module
+    "deberta-v2": FamilyPreset(("output.dense",), (), ("query_proj", "value_proj"), "pooler.dense",
+                               frozen_norms=("encoder.LayerNorm",)),
     "mpnet": FamilyPreset(("attention.attn.o", "output.dense"), (), ("attn.q", "attn.v"), "classifier.dense"),
     "opt": FamilyPreset(("fc2",), ("fc1",), ("q_proj", "v_proj")),
     "gpt2": FamilyPreset(("mlp.c_proj",), ("mlp.c_fc",), ("c_attn",)),  # c_attn fuses q,k,v (Conv1D)

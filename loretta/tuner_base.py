@@ -17,6 +17,7 @@ from torch import nn
 from . import tt_batch
 from .mixed_batch import adapter_names_hooks
 from .norm_recompute import recompute_in_backward, restore_forward
+from .quantized import keep_4bit_training_layout
 from .presets import FAMILY_PRESETS, linear_features, linear_layer_names, name_matches, norm_module_names, preset_for
 from .tt_linear import TTLinear
 from .tt_shapes import resolve_tt_shape
@@ -91,10 +92,13 @@ class LorettaTunerBase(BaseTuner):
                 )
             self._default_targets(preset, peft_config)
         self._check_targets_exist(peft_config, model)
+        keep_4bit_training_layout(model)
         if str(peft_config.task_type) == "SEQ_CLS" and preset is not None and preset.head_dense:
             self._prepare_head(peft_config, model, preset.head_dense)
         if peft_config.trainable_layer_norms:
-            norms = [n for n in norm_module_names(model) if _in_selected_layers(n, peft_config)]
+            frozen = preset.frozen_norms if preset is not None else ()
+            norms = [n for n in norm_module_names(model)
+                     if _in_selected_layers(n, peft_config) and not name_matches(n, frozen)]
             self._add_modules_to_save(peft_config, norms)
             if peft_config.recompute_layer_norms:
                 # patched before PEFT copies each norm into its ModulesToSaveWrapper: the copies (the

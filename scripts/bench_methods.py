@@ -52,12 +52,20 @@ class Preset:
     device: str
 
 
+# microsoft/deberta-base's config.json: disentangled attention, which AutoConfig's defaults leave off
+# (c2p and p2c add two projections of the relative-position table and two products to each layer)
+DEBERTA_BASE = dict(relative_attention=True, pos_att_type=["c2p", "p2c"], position_biased_input=False,
+                    max_relative_positions=-1, type_vocab_size=0, layer_norm_eps=1e-7)
+
 PRESETS = {
-    # smoke-test size (tests/lib/test_bench_script.py)
+    # smoke-test sizes (tests/lib/test_bench_script.py)
     "tiny-cpu": Preset("llama", "CAUSAL_LM", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=100),
                        2, 16, "float32", "cpu"),
-    "deberta-base-cpu": Preset("deberta", "SEQ_CLS", {}, 8, 128, "float32", "cpu"),
+    "tiny-deberta-cpu": Preset("deberta", "SEQ_CLS", dict(DEBERTA_BASE, hidden_size=64, intermediate_size=128,
+                                                          num_hidden_layers=2, num_attention_heads=4, vocab_size=100),
+                               2, 16, "float32", "cpu"),
+    "deberta-base-cpu": Preset("deberta", "SEQ_CLS", DEBERTA_BASE, 8, 128, "float32", "cpu"),
     "llama-small-cpu": Preset(
         "llama",
         "CAUSAL_LM",
@@ -68,7 +76,7 @@ PRESETS = {
         "float32",
         "cpu",
     ),
-    "deberta-base-gpu": Preset("deberta", "SEQ_CLS", {}, 32, 128, "float32", "cuda"),
+    "deberta-base-gpu": Preset("deberta", "SEQ_CLS", DEBERTA_BASE, 32, 128, "float32", "cuda"),
     "llama2-7b-gpu": Preset(
         "llama",
         "CAUSAL_LM",
@@ -174,23 +182,16 @@ def saved_by_module_type(model, forward) -> dict[str, int]:
     return dict(by_type)
 
 
-def step_flops(model, forward) -> int:
-    """Floating-point operations of one forward and backward pass, counted by torch's FlopCounterMode
-    from the shapes of the matrix products and attention (elementwise work and the optimizer are not
-    counted): the arithmetic a method adds, free of the timing noise. The gradients are discarded."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        forward().backward()
-    model.zero_grad(set_to_none=True)
-    return counter.get_total_flops()
-
-
-def step_ops(model, forward) -> int:
-    """Operators one forward and backward pass dispatches, views excluded. On a GPU each is at least
-    one kernel launch (a few microseconds however small its work), so many tiny matrix products
-    cost time that their FLOPs do not show. The gradients are discarded."""
+def step_counts(model, forward) -> tuple[int, int]:
+    """(FLOPs, operators) of one forward and backward pass, counted in the same pass; the gradients
+    are discarded. Both are deterministic, unlike the step time:
+    - FLOPs by torch's FlopCounterMode, from the shapes of the matrix products and attention
+      (elementwise work and the optimizer are not counted): the arithmetic a method adds;
+    - operators dispatched, views excluded. On a GPU each is at least one kernel launch (a few
+      microseconds however small its work), so many tiny products or elementwise passes cost time
+      that their FLOPs do not show."""
     from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode
 
     class Count(TorchDispatchMode):
         calls = 0
@@ -200,10 +201,10 @@ def step_ops(model, forward) -> int:
                 self.calls += 1
             return func(*args, **(kwargs or {}))
 
-    with Count() as counter:
+    with FlopCounterMode(display=False) as flops, Count() as ops:
         forward().backward()
     model.zero_grad(set_to_none=True)
-    return counter.calls
+    return flops.get_total_flops(), ops.calls
 
 
 def saved_activation_bytes(model, forward) -> int:
@@ -247,7 +248,7 @@ def run_worker(preset_name: str, method: str, warmup: int, steps: int) -> dict:
     for _ in range(warmup):
         step()
     activations = saved_activation_bytes(model, forward)
-    flops = step_flops(model, forward)
+    flops, ops = step_counts(model, forward)
     times = []
     for _ in range(steps):
         sync()
@@ -262,6 +263,7 @@ def run_worker(preset_name: str, method: str, warmup: int, steps: int) -> dict:
         "peak_memory_bytes": peak_memory_bytes(preset.device),
         "saved_activation_bytes": activations,
         "flops": flops,
+        "ops": ops,
         # fp32 weight, gradient and AdamW's two moments per trainable parameter
         "trainable_state_bytes": 16 * sum(p.numel() for p in params),
     }
@@ -309,6 +311,7 @@ def orchestrate(args) -> list[dict]:
                                  if lora else None),
             "gflops_per_step": r["flops"] / 1e9,
             "flops_vs_lora": r["flops"] / lora_flops if lora_flops else None,
+            "ops_per_step": r["ops"],
             "peak_memory_gib": r["peak_memory_bytes"] / 2**30,
             "saved_activations_mib": r["saved_activation_bytes"] / 2**20,
             "trainable_state_mib": r["trainable_state_bytes"] / 2**20,
@@ -331,53 +334,65 @@ def markdown(rows, preset_name: str, memory_label: str) -> str:
         f"{preset_name}: {p.model_type} {p.dtype}, batch {p.batch}x{p.length}, {p.device}",
         "",
         f"| method | trainable params | median step (ms) | / floor | / LoRA | / LoRA, each round | GFLOP per step "
-        f"| FLOPs / LoRA | {memory_label} (GiB) | saved activations (MiB) | trainable state (MiB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| FLOPs / LoRA | ops per step | {memory_label} (GiB) | saved activations (MiB) | trainable state (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     fmt = lambda v, digits=2: "—" if v is None else f"{v:.{digits}f}"  # noqa: E731
     for r in rows:
         lines.append(f"| {r['method']} | {r['trainable_params']:,} | {r['median_step_ms']:.1f} | {fmt(r['vs_floor'])} | "
                      f"{fmt(r['vs_lora'])} | {ratio_range(r['vs_lora_by_round'])} | {r['gflops_per_step']:,.1f} | "
-                     f"{fmt(r['flops_vs_lora'], 3)} | {r['peak_memory_gib']:.2f} | "
+                     f"{fmt(r['flops_vs_lora'], 3)} | {r['ops_per_step']:,} | {r['peak_memory_gib']:.2f} | "
                      f"{r['saved_activations_mib']:.1f} | {r['trainable_state_mib']:.1f} |")
     return "\n".join(lines)
 
 
-def meta_flops(preset_name: str, methods) -> str:
-    """FLOPs of one forward and backward pass per method on the meta device: no weights and no
-    arithmetic, so any preset's shape (LLaMA-2-7B included) is counted on a laptop in seconds.
-    The attention is counted as the meta device's kernel choice has it, so totals can differ a
-    little from the device's (llama-small-cpu: +2.5%, the same for every method); the ratios agree.
-    Models whose code reads tensor values (DeBERTa's relative positions) cannot run there."""
+def counted_rows(preset_name: str, methods, device: str) -> dict[str, tuple[int, int]]:
+    """{method: (FLOPs, operators)} of one forward and backward pass, with the preset's model shape
+    built on `device`; TT layers multiply as they would on the preset's own device."""
     import torch
 
     from loretta import TTLinear
 
-    preset = replace(PRESETS[preset_name], device="meta")
+    preset = replace(PRESETS[preset_name], device=device)
     real_device = torch.device(PRESETS[preset_name].device)
-    flops, ops = {}, {}
+    counts = {}
     for method in methods:
         model = wrap(build_model(preset), method, preset)
         for tt in (m for m in model.modules() if isinstance(m, TTLinear) and m.forward_mode == "auto"):
-            # the meta device stands in for the preset's: TT layers multiply as they would there
             tt.forward_mode = "factors" if tt.multiplies_by_factors(real_device) else "matrix"
         model.train()
         ids, labels = make_batch(model, preset)
-        try:
-            flops[method] = step_flops(model, lambda: model(input_ids=ids, labels=labels).loss)
-            ops[method] = step_ops(model, lambda: model(input_ids=ids, labels=labels).loss)
-        except (RuntimeError, NotImplementedError) as error:
-            raise SystemExit(f"--flops-only: the {preset.model_type} model of preset {preset_name!r} cannot run on "
-                             f"the meta device ({type(error).__name__}: {str(error).splitlines()[0]}); "
-                             "run the full benchmark instead, which counts FLOPs on the real device") from None
-    lora = flops.get("lora")
+        forward = lambda: model(input_ids=ids, labels=labels).loss  # noqa: E731
+        # a first pass builds what is built once (e.g. LoRETTA_rep's cached initial A0 and B0),
+        # as the timed benchmark's warm-up steps do: the count is of a step in steady state
+        step_counts(model, forward)
+        counts[method] = step_counts(model, forward)
+    return counts
+
+
+def count_only(preset_name: str, methods) -> str:
+    """FLOPs and operators of one forward and backward pass per method, without timing. On the meta
+    device where the model runs there: no weights and no arithmetic, so any preset's shape (LLaMA-2-7B
+    included) is counted on a laptop in seconds; the attention is counted as the meta device's kernel
+    choice has it, so totals can differ a little from the device's (llama-small-cpu: +2.5%, the same
+    for every method); the ratios agree. Models whose code reads tensor values (DeBERTa's relative
+    positions) cannot run there and are counted on the CPU at the preset's shape instead (a real
+    forward and backward per method: DeBERTa-base at 32x128 takes ~1 min each on one core)."""
+    try:
+        counts, where = counted_rows(preset_name, methods, "meta"), "meta device"
+    except (RuntimeError, NotImplementedError) as error:
+        print(f"--flops-only: the meta device cannot run preset {preset_name!r} ({type(error).__name__}: "
+              f"{str(error).splitlines()[0]}); counting on the CPU at its shape", file=sys.stderr, flush=True)
+        counts, where = counted_rows(preset_name, methods, "cpu"), "CPU"
+    preset = PRESETS[preset_name]
+    lora = counts.get("lora")
     lines = [f"{preset_name}: {preset.model_type} {preset.dtype}, batch {preset.batch}x{preset.length}, "
-             "one forward and backward pass (meta device): FLOPs, and operators dispatched (views excluded)", "",
+             f"one forward and backward pass (counted on the {where}): FLOPs, and operators dispatched "
+             "(views excluded)", "",
              "| method | GFLOP per step | FLOPs / LoRA | ops per step | ops beyond LoRA's |", "|---|---:|---:|---:|---:|"]
-    for method, value in flops.items():
-        extra = "—" if "lora" not in ops else f"{ops[method] - ops['lora']:+,}"
-        lines.append(f"| {method} | {value / 1e9:,.1f} | {'—' if not lora else f'{value / lora:.3f}'} | "
-                     f"{ops[method]:,} | {extra} |")
+    for method, (flops, ops) in counts.items():
+        lines.append(f"| {method} | {flops / 1e9:,.1f} | {'—' if not lora else f'{flops / lora[0]:.3f}'} | "
+                     f"{ops:,} | {'—' if not lora else f'{ops - lora[1]:+,}'} |")
     return "\n".join(lines)
 
 
@@ -390,14 +405,15 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per worker")
     parser.add_argument("--out", help="also write the rows as JSON here")
     parser.add_argument("--flops-only", action="store_true",
-                        help="only count each method's FLOPs, on the meta device (no timing, no weights)")
+                        help="only count each method's FLOPs and operators (no timing): on the meta device "
+                             "where the model runs there (no weights), else on the CPU")
     parser.add_argument("--worker", choices=METHODS + EXTRA_METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(run_worker(args.preset, args.worker, args.warmup, args.steps)))
         return
     if args.flops_only:
-        print(meta_flops(args.preset, args.methods))
+        print(count_only(args.preset, args.methods))
         return
     for name in ("rounds", "steps"):
         if getattr(args, name) < 1:

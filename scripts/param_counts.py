@@ -11,10 +11,11 @@ import torch
 from peft import LoraConfig
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
+from bench_methods import DEBERTA_BASE  # this folder's: microsoft/deberta-base's attention settings
 from loretta import LorettaAdpConfig, LorettaRepConfig, get_peft_model
 
 MODELS = {
-    "DeBERTa-base": ("SEQ_CLS", "deberta", dict(num_labels=2), ["in_proj"]),
+    "DeBERTa-base": ("SEQ_CLS", "deberta", dict(DEBERTA_BASE, num_labels=2), ["in_proj"]),
     "RoBERTa-base": ("SEQ_CLS", "roberta", dict(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1,
                                                 num_labels=2), ["query", "value"]),
     "LLaMA-2-7B": ("CAUSAL_LM", "llama", dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,

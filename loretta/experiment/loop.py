@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 from peft import PeftModel
 from torch.utils.data import DataLoader
 
+from ..quantized import keep_4bit_training_layout
 from . import adapters, checks, data, methods, models, results
 from .checks import ConfigError
 from .logging import Tracker
@@ -110,6 +111,7 @@ def train(cfg) -> dict:
 
         # QLoRA's preparation (frozen, unquantized parameters in fp32); checkpointing is step 2's own
         loaded.model = prepare_model_for_kbit_training(loaded.model, use_gradient_checkpointing=False)
+        keep_4bit_training_layout(loaded.model)  # every method trains between evaluations
     tokenizer = loaded.tokenizer
     target = methods.Target(family=loaded.family, model_type=loaded.model_type, num_labels=spec.num_labels,
                             targets=_plain(cfg.model.get("targets")))

@@ -24,6 +24,10 @@ def test_bench_methods_prints_a_row_per_method(tmp_path):
     assert by_method["floor"]["vs_floor"] == 1.0 and by_method["lora"]["vs_lora"] == 1.0
     # FLOPs (deterministic): LoRETTA_adp's adapters add matrix products, IA3 only elementwise scaling
     assert by_method["lora"]["flops_vs_lora"] == 1.0
+    # operators dispatched (deterministic): the floor's frozen model is what every method adds to
+    assert all(r["ops_per_step"] > by_method["floor"]["ops_per_step"] > 0 for r in rows if r["method"] != "floor")
+    assert f"| {by_method['lora']['ops_per_step']:,} |" in next(
+        line for line in proc.stdout.splitlines() if line.startswith("| lora |"))
     assert by_method["loretta_adp"]["gflops_per_step"] > by_method["ia3"]["gflops_per_step"] > 0
     # one ratio to LoRA per round, printed as their range
     assert by_method["lora"]["vs_lora_by_round"] == [1.0, 1.0]
@@ -58,9 +62,17 @@ def test_flops_only_counts_on_the_meta_device_and_names_models_that_cannot_run_t
     rows = {line.split("|")[1].strip(): line.split("|")[3].strip() for line in proc.stdout.splitlines()
             if line.startswith("| ") and not line.startswith("| method")}
     assert rows["lora"] == "1.000" and float(rows["loretta_adp"]) > 1 > float(rows["ia3"])
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--preset", "deberta-base-cpu", "--flops-only", "--methods",
-                           "lora"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode != 0 and "cannot run on the meta device" in proc.stderr
+    assert "counted on the meta device" in proc.stdout
+    # DeBERTa's relative positions read tensor values: counted on the CPU instead, and said so
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--preset", "tiny-deberta-cpu", "--flops-only", "--methods",
+                           "lora", "loretta_rep"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "the meta device cannot run preset 'tiny-deberta-cpu'" in proc.stderr
+    assert "counted on the CPU" in proc.stdout
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in proc.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| method")}
+    assert rows["lora"][1] == "1.000" and rows["lora"][3] == "+0"
+    assert float(rows["loretta_rep"][1]) > 1 and int(rows["loretta_rep"][3].replace(",", "")) > 0
 
 
 def test_bench_methods_rejects_bad_arguments():
@@ -92,3 +104,17 @@ def test_bench_layouts_prints_a_row_per_rank_and_refuses_bad_sizes():
     assert all("(1.00×)" in row.split("|")[2] for row in rows)  # the reference column
     bad = run("--ranks", "0")
     assert bad.returncode != 0 and "--ranks must all be at least 1, got [0]" in bad.stderr
+
+
+def test_counts_are_of_a_step_in_steady_state():
+    sys.path.insert(0, str(SCRIPT.parent))
+    import bench_methods as bench
+
+    preset = bench.PRESETS["tiny-cpu"]
+    model = bench.wrap(bench.build_model(preset), "loretta_rep", preset).train()
+    ids, labels = bench.make_batch(model, preset)
+    forward = lambda: model(input_ids=ids, labels=labels).loss  # noqa: E731
+    first, second = bench.step_counts(model, forward), bench.step_counts(model, forward)
+    assert first[1] > second[1]  # the first pass also builds LoRETTA_rep's cached initial A0 and B0
+    assert bench.step_counts(model, forward) == second
+    assert bench.counted_rows("tiny-cpu", ["loretta_rep"], "cpu") == {"loretta_rep": second}

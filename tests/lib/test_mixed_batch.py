@@ -55,6 +55,11 @@ def _each_adapter_alone(model, batch):
 def test_each_sample_gets_its_own_adapter_norms_and_head(family, method):
     model = _two_adapter_model(family, method)
     batch = tiny_batch(model, batch=len(NAMES))
+    if (family, method) == ("deberta-v2", "rep"):
+        # its query_proj also projects the relative-position table, one for the whole batch
+        with pytest.raises(ValueError, match="received a batch of 1: this layer also acts on a tensor shared"):
+            model(**batch, adapter_names=NAMES)
+        return
     expected = _each_adapter_alone(model, batch)
     assert not torch.allclose(expected["default"], expected["second"])
     assert not torch.allclose(expected["default"], expected["__base__"])
@@ -109,3 +114,16 @@ def test_mixed_batch_errors_name_the_problem():
         model(**batch, adapter_names=["default", "second"])
     model.unmerge_adapter()
     model(**batch, adapter_names=["default", "second"])  # fine again
+
+
+def test_a_trained_module_applied_to_a_shared_parameter_refuses_mixed_batches():
+    # DeBERTa-v2's norm of the relative-position table is frozen by default; trained on request, one
+    # result would have to serve samples of different adapters
+    config = lambda: LorettaAdpConfig(task_type="SEQ_CLS", tensor_rank=3, bottleneck_size=8,  # noqa: E731
+                                      modules_to_save=["encoder.LayerNorm"])
+    model = get_peft_model(tiny_model("deberta-v2"), config())
+    model.add_adapter("second", config())
+    model.eval()
+    batch = tiny_batch(model, batch=len(NAMES))
+    with pytest.raises(ValueError, match=r"LayerNorm is applied to a parameter of shape \(32, 64\) shared by all"):
+        model(**batch, adapter_names=NAMES)

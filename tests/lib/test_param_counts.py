@@ -7,6 +7,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceC
 
 from loretta import LorettaAdpConfig, LorettaRepConfig, get_peft_model
 
+from .tiny_models import DEBERTA_ATTENTION
+
 
 def _meta(build, config):
     with torch.device("meta"):
@@ -14,7 +16,9 @@ def _meta(build, config):
 
 
 def deberta_base():
-    return _meta(AutoModelForSequenceClassification.from_config, AutoConfig.for_model("deberta", num_labels=2))
+    # microsoft/deberta-base's attention settings (relative positions: no extra trainable norm)
+    config = AutoConfig.for_model("deberta", num_labels=2, **DEBERTA_ATTENTION["deberta"])
+    return _meta(AutoModelForSequenceClassification.from_config, config)
 
 
 def roberta_base():

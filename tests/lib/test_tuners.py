@@ -316,6 +316,18 @@ def test_layer_norm_and_head_flags():
     assert any(n.endswith("pooler.modules_to_save.default.dense.weight") for n in dense_head)
 
 
+@pytest.mark.parametrize("method", ["adp", "rep"])
+def test_deberta_v2_trains_the_norms_of_the_activations_not_of_the_relative_position_table(method):
+    model = get_peft_model(tiny_model("deberta-v2"), METHODS[method]("SEQ_CLS"))
+    trained_norms = {n.split(".modules_to_save")[0] for n, p in model.named_parameters()
+                     if p.requires_grad and "LayerNorm" in n}
+    layers = model.base_model.model.config.num_hidden_layers
+    assert len(trained_norms) == 1 + 2 * layers  # the embeddings' and two per layer
+    assert not any(n.endswith("deberta.encoder.LayerNorm") for n in trained_norms)
+    encoder_norm = model.base_model.model.deberta.encoder.LayerNorm
+    assert not any(p.requires_grad for p in encoder_norm.parameters())
+
+
 def test_dense_adapters_baseline():
     model = get_peft_model(tiny_model("bert"), METHODS["adp"]("SEQ_CLS", tensorized=False, tensorized_head=False))
     layer = next(m for m in model.modules() if isinstance(m, LorettaAdpLayer))

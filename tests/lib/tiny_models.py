@@ -12,6 +12,18 @@ SIBLING_DECODERS = ["qwen2", "gemma2"]
 ALL_FAMILIES = FAMILIES + SIBLING_ENCODERS + SIBLING_DECODERS
 
 
+# The released DeBERTa checkpoints use disentangled (relative-position) attention, which the configs'
+# defaults leave off: microsoft/deberta-base (v1, separate pos_proj / pos_q_proj) and the v3 models
+# (deberta-v2 code: shared keys, a LayerNorm on the relative embeddings, log buckets)
+DEBERTA_ATTENTION = {
+    "deberta": dict(relative_attention=True, pos_att_type=["c2p", "p2c"], position_biased_input=False,
+                    max_relative_positions=-1, type_vocab_size=0, layer_norm_eps=1e-7),
+    "deberta-v2": dict(relative_attention=True, pos_att_type=["p2c", "c2p"], position_biased_input=False,
+                       max_relative_positions=-1, type_vocab_size=0, layer_norm_eps=1e-7, share_att_key=True,
+                       norm_rel_ebd="layer_norm", position_buckets=16),
+}
+
+
 def tiny_config(model_type: str, **overrides):
     if model_type == "gpt2":
         kw = dict(n_embd=64, n_layer=2, n_head=4, vocab_size=100, n_positions=64)
@@ -23,6 +35,8 @@ def tiny_config(model_type: str, **overrides):
                   max_position_embeddings=64)
         if model_type in DECODERS + SIBLING_DECODERS:
             kw.update(num_key_value_heads=2, head_dim=16)  # grouped-query attention
+    if model_type in DEBERTA_ATTENTION:
+        kw.update(DEBERTA_ATTENTION[model_type])
     if model_type in ("roberta", "xlm-roberta", "mpnet"):
         kw.update(pad_token_id=1)
     else:

@@ -24,6 +24,8 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    from loretta import hydra_resolvers  # noqa: F401  (${model_tag:...}, as loretta.run registers it)
+
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=overrides)
 
