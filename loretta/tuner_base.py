@@ -17,8 +17,8 @@ from torch import nn
 from . import tt_batch
 from .mixed_batch import adapter_names_hooks
 from .norm_recompute import recompute_in_backward, restore_forward
-from .quantized import keep_4bit_training_layout
 from .presets import FAMILY_PRESETS, linear_features, linear_layer_names, name_matches, norm_module_names, preset_for
+from .quantized import keep_4bit_training_layout
 from .tt_linear import TTLinear
 from .tt_shapes import resolve_tt_shape
 

@@ -377,7 +377,8 @@ def count_only(preset_name: str, methods) -> str:
     choice has it, so totals can differ a little from the device's (llama-small-cpu: +2.5%, the same
     for every method); the ratios agree. Models whose code reads tensor values (DeBERTa's relative
     positions) cannot run there and are counted on the CPU at the preset's shape instead (a real
-    forward and backward per method: DeBERTa-base at 32x128 takes ~1 min each on one core)."""
+    warm-up and a counted forward and backward per method: DeBERTa-base at 32x128 took
+    ~80 s a method on one core here)."""
     try:
         counts, where = counted_rows(preset_name, methods, "meta"), "meta device"
     except (RuntimeError, NotImplementedError) as error:
