@@ -6,7 +6,9 @@ configs/ at the repository root; the work is done by `loretta.experiment.train`.
 
 from __future__ import annotations
 
+import shutil
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -23,12 +25,34 @@ def main(cfg: DictConfig) -> float | None:
 
     try:
         record = train(cfg)
-    except ConfigError as e:
-        if HydraConfig.get().mode == RunMode.RUN:  # one run: the message alone; a sweep goes on to the next job
+    except BaseException as e:
+        drop_unstarted_run_folder(Path(HydraConfig.get().runtime.output_dir), Path(str(cfg.output_root)))
+        if isinstance(e, ConfigError) and HydraConfig.get().mode == RunMode.RUN:
+            # one run: the message alone; a sweep goes on to the next job
             print(f"loretta-run: error: {e}", file=sys.stderr)
             sys.exit(2)
         raise
     return record["metrics"].get(record["primary_metric"])  # what a Hydra sweeper would optimise
+
+
+def drop_unstarted_run_folder(folder: Path, root: Path) -> None:
+    """Hydra makes the run's folder (its .hydra/ record and an empty run.log) before the run starts;
+    a run that stops before writing anything of its own (a bad value, a model package not
+    installed) removes it, and the folders above it that it leaves empty up to `root`, so results/
+    is left as it was. A folder with anything else in it (a checkpoint, metrics, an earlier run's
+    results) is kept."""
+    if not folder.is_dir():
+        return
+    entries = {entry.name: entry for entry in folder.iterdir()}
+    log = entries.get("run.log")
+    if not (set(entries) <= {".hydra", "run.log"} and (log is None or log.stat().st_size == 0)):
+        return
+    shutil.rmtree(folder)
+    root = root.resolve()
+    parent = folder.resolve().parent
+    while parent != root and parent.is_relative_to(root) and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
 
 
 if __name__ == "__main__":

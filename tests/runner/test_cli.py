@@ -103,6 +103,18 @@ def test_bad_value_on_the_command_line(tmp_path):
     proc = cli(["model=tiny-bert", "train.precision=fp8", f"output_root={tmp_path}"], timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == "loretta-run: error: train.precision='fp8' is not one of fp32, bf16, fp16"
+    assert not any(tmp_path.iterdir())  # the run folder Hydra made before the error is gone
+
+
+def test_a_failed_run_keeps_what_was_there(tmp_path):
+    """The clean-up after an error removes only Hydra's own record, never an earlier run's files."""
+    earlier = tmp_path / "sst2" / "tiny-bert" / "lora" / "seed0"
+    earlier.mkdir(parents=True)
+    (earlier / "results.json").write_text("{}")
+    proc = cli(["model=tiny-bert", "task=sst2", "method=lora", "train.precision=fp8", f"output_root={tmp_path}"],
+               timeout=120)
+    assert proc.returncode == 2
+    assert (earlier / "results.json").read_text() == "{}" and (earlier / ".hydra").is_dir()
 
 
 def test_library_import_stays_light():
