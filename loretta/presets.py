@@ -39,9 +39,17 @@ FAMILY_PRESETS: dict[str, FamilyPreset] = {
     "mpnet": FamilyPreset(("attention.attn.o", "output.dense"), (), ("attn.q", "attn.v"), "classifier.dense"),
     "opt": FamilyPreset(("fc2",), ("fc1",), ("q_proj", "v_proj")),
     "gpt2": FamilyPreset(("mlp.c_proj",), ("mlp.c_fc",), ("c_attn",)),  # c_attn fuses q,k,v (Conv1D)
+    "gpt_neox": FamilyPreset(("dense_4h_to_h",), ("dense_h_to_4h",), ("query_key_value",)),  # Pythia; fused q,k,v
+    "phi": FamilyPreset(("mlp.fc2",), ("mlp.fc1",), ("q_proj", "v_proj")),
+    "phi3": FamilyPreset(("down_proj",), ("gate_up_proj",), ("qkv_proj",)),  # fuses q,k,v and gate,up
+    "starcoder2": FamilyPreset(("mlp.c_proj",), ("mlp.c_fc",), ("q_proj", "v_proj")),
     "llama": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
+    "granite": _LLAMA_LIKE,
+    "smollm3": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,  # q_norm / k_norm inside the attention (per head; OLMo-2: whole) train like the other norms
+    "olmo2": _LLAMA_LIKE,
     "gemma": _LLAMA_LIKE,
     "gemma2": _LLAMA_LIKE,
     "gemma3_text": _LLAMA_LIKE,

@@ -110,6 +110,28 @@ def test_adapter_counts_and_sides_per_family():
     assert count("llama") == (6, ["input", "output"])  # gate/up input side, down output side
     assert count("opt") == (4, ["input", "output"])  # fc1 input, fc2 output
     assert count("gpt2") == (4, ["input", "output"])
+    assert count("gpt_neox") == (4, ["input", "output"])  # dense_h_to_4h input, dense_4h_to_h output
+    assert count("phi3") == (4, ["input", "output"])  # the fused gate_up_proj's input, down_proj's output
+    assert count("qwen3") == (6, ["input", "output"])
+
+
+@pytest.mark.parametrize(("family", "target", "out_features"), [
+    ("gpt_neox", "attention.query_key_value", 3 * 64),  # the fused q, k, v of 4 heads of 16
+    ("phi3", "self_attn.qkv_proj", (4 + 2 * 2) * 16),  # 4 query heads, 2 key/value heads (GQA)
+])
+def test_rep_adapts_the_fused_attention_projection_whole(family, target, out_features):
+    model = get_peft_model(tiny_model(family, task="CAUSAL_LM"), METHODS["rep"]("CAUSAL_LM"))
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, LorettaRepLayer)}
+    assert len(layers) == 2 and all(n.endswith(target) for n in layers)
+    assert all(m.out_features == out_features for m in layers.values())
+
+
+def test_per_head_query_and_key_norms_train_with_the_others():
+    """Qwen3 (and OLMo2) normalise q and k inside the attention: those norms train like the block norms."""
+    model = get_peft_model(tiny_model("qwen3", task="CAUSAL_LM"), METHODS["adp"]("CAUSAL_LM"))
+    trained = {n.split(".modules_to_save")[0].split("layers.0.")[-1]
+               for n, p in model.named_parameters() if p.requires_grad and "layers.0." in n and "norm" in n}
+    assert trained == {"self_attn.q_norm", "self_attn.k_norm", "input_layernorm", "post_attention_layernorm"}
 
 
 @pytest.mark.parametrize("family", DECODERS)
@@ -338,14 +360,14 @@ def test_dense_adapters_baseline():
 def test_user_targets_on_an_unknown_family_and_errors_listing_linear_layers():
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    cfg = AutoConfig.for_model("phi", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+    cfg = AutoConfig.for_model("biogpt", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                intermediate_size=64, vocab_size=100)
-    with pytest.raises(ValueError, match=r"no default target modules for model_type 'phi'.*mlp\.fc1"):
+    with pytest.raises(ValueError, match=r"no default target modules for model_type 'biogpt'.*layers\.\*\.fc1"):
         get_peft_model(AutoModelForCausalLM.from_config(cfg), LorettaAdpConfig(task_type="CAUSAL_LM"))
     model = get_peft_model(AutoModelForCausalLM.from_config(cfg),
                            LorettaAdpConfig(task_type="CAUSAL_LM", target_modules=["fc2"], bottleneck_size=8))
     assert any(isinstance(m, LorettaAdpLayer) for m in model.modules())
-    with pytest.raises(ValueError, match=r"matches none.*model\.layers\.\*\.mlp\.fc2"):
+    with pytest.raises(ValueError, match=r"matches none.*biogpt\.layers\.\*\.fc2"):
         get_peft_model(AutoModelForCausalLM.from_config(cfg),
                        LorettaRepConfig(task_type="CAUSAL_LM", target_modules=["no_such_layer"]))
 

@@ -4,11 +4,12 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 ENCODERS = ["bert", "roberta", "deberta", "deberta-v2", "mpnet"]
-DECODERS = ["opt", "gpt2", "llama", "mistral", "gemma", "gemma3_text"]
+# gpt_neox and phi3 fuse q, k, v into one layer (phi3 also gate and up); qwen3 normalises q and k per head
+DECODERS = ["opt", "gpt2", "gpt_neox", "phi3", "llama", "mistral", "qwen3", "gemma", "gemma3_text"]
 FAMILIES = ENCODERS + DECODERS
 # preset families whose architecture repeats one above: placement and a training step are tested
 SIBLING_ENCODERS = ["xlm-roberta"]
-SIBLING_DECODERS = ["qwen2", "gemma2"]
+SIBLING_DECODERS = ["qwen2", "gemma2", "granite", "smollm3", "olmo2", "phi", "starcoder2"]
 ALL_FAMILIES = FAMILIES + SIBLING_ENCODERS + SIBLING_DECODERS
 
 
