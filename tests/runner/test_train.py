@@ -248,3 +248,31 @@ def test_bf16_weights_like_the_large_models(method, kinds, tmp_path):
     record = run(["model=tiny-llama", f"task={task}", f"method={method}", f"task.data_dir={data_dir}", *extra,
                   "model.dtype=bfloat16", "train.precision=bf16"], tmp_path)
     assert record["status"] == "completed" and math.isfinite(record["metrics"]["loss"])
+
+
+@pytest.mark.parametrize("method", ["loretta_adp", "loretta_rep"])
+def test_another_hub_model_from_the_closest_config(method, kinds, tmp_path):
+    """configs/README: a model of a family the library knows, run from llama2-7b's config with its own
+    path and name (here a saved tiny Qwen3 in a local folder, as from_pretrained takes either)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from loretta.experiment.models import byte_tokenizer
+
+    tokenizer = byte_tokenizer()
+    config = AutoConfig.for_model("qwen3", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, head_dim=16, intermediate_size=128,
+                                  vocab_size=len(tokenizer), max_position_embeddings=256,
+                                  pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                                  eos_token_id=tokenizer.eos_token_id)
+    local = tmp_path / "my-qwen3"
+    AutoModelForCausalLM.from_config(config).save_pretrained(local)
+    tokenizer.save_pretrained(local)
+    task, data_dir, extra = kinds["multiple_choice"]
+    record = run(["model=llama2-7b", f"model.path={local}", "model.name=my-qwen3", "model.dtype=float32",
+                  f"task={task}", f"task.data_dir={data_dir}", *extra, f"method={method}"], tmp_path / "runs")
+    assert record["model"] == "my-qwen3" and record["status"] == "completed"
+    adapter = json.loads((tmp_path / "runs" / task / "my-qwen3" / method / "seed0" / "adapter" /
+                          "adapter_config.json").read_text())
+    # the Qwen3 preset placed it: the LLaMA-like MLP for adp, q and v for rep
+    expected = {"loretta_adp": {"gate_proj", "up_proj", "down_proj"}, "loretta_rep": {"q_proj", "v_proj"}}[method]
+    assert set(adapter["target_modules"]) == expected
