@@ -1,6 +1,7 @@
-"""Trainable parameters of each method on the paper's models, beside the paper's figures.
+"""Trainable parameters of each method on the paper's models, beside the paper's figures, and on
+models newer than the paper (their published configs).
 
-    python scripts/param_counts.py            # Markdown table (models built on the meta device: no weights)
+    python scripts/param_counts.py            # Markdown tables (models built on the meta device: no weights)
 
 Counts what the paper counts: TT cores, adapter biases, layer norms, tensorized head, label head.
 """
@@ -27,6 +28,25 @@ MODELS = {
                     ["q_proj", "v_proj"]),
 }
 
+# Newer decoders (published configs; not in the paper): what the family presets give at these sizes
+MODERN = {
+    "Llama-3.1-8B": ("CAUSAL_LM", "llama", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                                                num_attention_heads=32, num_key_value_heads=8, vocab_size=128256),
+                     ["q_proj", "v_proj"]),
+    "Mistral-7B-v0.3": ("CAUSAL_LM", "mistral", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                                                     num_attention_heads=32, num_key_value_heads=8, vocab_size=32768),
+                        ["q_proj", "v_proj"]),
+    "Qwen3-8B": ("CAUSAL_LM", "qwen3", dict(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                                            num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                                            vocab_size=151936), ["q_proj", "v_proj"]),
+    "Phi-3-mini": ("CAUSAL_LM", "phi3", dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
+                                             num_attention_heads=32, num_key_value_heads=32, vocab_size=32064,
+                                             pad_token_id=32000), ["qkv_proj"]),
+    "Gemma-2-9B": ("CAUSAL_LM", "gemma2", dict(hidden_size=3584, intermediate_size=14336, num_hidden_layers=42,
+                                               num_attention_heads=16, num_key_value_heads=8, head_dim=256,
+                                               vocab_size=256000), ["q_proj", "v_proj"]),
+}
+
 # The paper's Tables 1-3 (trainable parameters, millions)
 PAPER = {
     "DeBERTa-base": {"adp": "0.10M", "rep": "0.05M", "lora": "0.30M"},
@@ -38,7 +58,7 @@ PAPER = {
 
 
 def count(name: str, method: str, **overrides) -> int:
-    task, model_type, config_kw, lora_targets = MODELS[name]
+    task, model_type, config_kw, lora_targets = {**MODELS, **MODERN}[name]
     config = AutoConfig.for_model(model_type, **config_kw)
     auto = AutoModelForSequenceClassification if task == "SEQ_CLS" else AutoModelForCausalLM
     with torch.device("meta"):
@@ -64,6 +84,13 @@ def main() -> None:
         paper = PAPER[name]
         print(f"| {name} | {adp:,} | {rep5:,} | {rep8:,} | {lora:,} | "
               f"{paper['adp']} / {paper['rep']} / {paper['lora']} |")
+    print()
+    print("| newer model (not in the paper) | LoRETTA_adp (rank 5) | LoRETTA_rep (rank 8) | LoRA r=8 (peft, q and v) "
+          "| adp / LoRA | rep / LoRA |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name in MODERN:
+        adp, rep8, lora = count(name, "adp", tensor_rank=5), count(name, "rep", tensor_rank=8), count(name, "lora")
+        print(f"| {name} | {adp:,} | {rep8:,} | {lora:,} | {adp / lora:.2f}x | {rep8 / lora:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -67,3 +67,16 @@ def test_roberta_base_presets():
     # reported beside the paper's 0.10M / 0.07M in the README
     assert trainable(get_peft_model(roberta_base(), LorettaAdpConfig(task_type="SEQ_CLS"))) == 99_194
     assert trainable(get_peft_model(roberta_base(), LorettaRepConfig(task_type="SEQ_CLS"))) == 69_626
+
+
+def test_a_newer_family_at_full_size_qwen3_8b():
+    """The Qwen3 preset at Qwen3-8B's published size, counted by hand: per layer three adapters
+    (gate/up input, down output) of TT 4096x64 [16,16,16,4,4,4] + TT 64x4096 [4,4,4,16,16,16] at rank 5
+    (1,100 each) with biases 64 + 4,096, and the norms: two of 4,096, q_norm and k_norm of 128 (per head)."""
+    cfg = AutoConfig.for_model("qwen3", hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+                               num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=151936)
+    adapter = 1_100 + 64 + 1_100 + 4_096
+    norms = 2 * 4_096 + 2 * 128
+    expected = 36 * (3 * adapter + norms) + 4_096  # + the final norm
+    model = get_peft_model(_meta(AutoModelForCausalLM.from_config, cfg), LorettaAdpConfig(task_type="CAUSAL_LM"))
+    assert trainable(model) == expected == 995_104
