@@ -80,13 +80,32 @@ def test_bench_methods_rejects_bad_arguments():
     assert proc.returncode != 0 and "invalid choice: 'nope'" in proc.stderr
 
 
+def _probe_wheel(folder):
+    """A minimal pure-Python wheel (distribution `loretta_probe` 0.1)."""
+    import zipfile
+
+    folder.mkdir()
+    info = "loretta_probe-0.1.dist-info"
+    files = {"loretta_probe/__init__.py": "",
+             f"{info}/METADATA": "Metadata-Version: 2.1\nName: loretta_probe\nVersion: 0.1\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{name},,\n" for name in [*files, f"{info}/RECORD"])
+    with zipfile.ZipFile(folder / "loretta_probe-0.1-py3-none-any.whl", "w") as wheel:
+        for name, text in files.items():
+            wheel.writestr(name, text)
+    return folder
+
+
 def test_gpu_checks_script_runs_its_steps(tmp_path):
-    """The prepared GPU command (scripts/gpu_checks.sh), on the CPU smoke preset."""
-    env = {**os.environ, "PRESETS": "tiny-cpu", "ROUNDS": "1", "METHODS": "floor lora loretta_rep", "OUT": str(tmp_path), "PYTHON": sys.executable}
+    """The prepared GPU command (scripts/gpu_checks.sh), on the CPU smoke preset, with a wheel to
+    install first (as the pinned transformers and peft travel to the device machine)."""
+    env = {**os.environ, "PRESETS": "tiny-cpu", "ROUNDS": "1", "METHODS": "floor lora loretta_rep", "OUT": str(tmp_path),
+           "PYTHON": sys.executable, "WHEELS": str(_probe_wheel(tmp_path / "wheels"))}
     proc = subprocess.run(["bash", str(SCRIPT.parent / "gpu_checks.sh")], capture_output=True, text=True,
                           timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "torch" in (tmp_path / "gpu.txt").read_text() and "tiny-cpu:" in (tmp_path / "gpu.txt").read_text()
+    assert "wheels: loretta_probe 0.1" in (tmp_path / "gpu.txt").read_text()  # installed and first on the path
     assert "| loretta_rep |" in (tmp_path / "tiny-cpu.md").read_text()
     assert json.loads((tmp_path / "tiny-cpu.json").read_text())["preset"] == "tiny-cpu"
     assert "| **total** |" in (tmp_path / "activation_memory_tiny-cpu.md").read_text()
