@@ -85,8 +85,8 @@ def main() -> None:
         print(f"| {name} | {adp:,} | {rep5:,} | {rep8:,} | {lora:,} | "
               f"{paper['adp']} / {paper['rep']} / {paper['lora']} |")
     print()
-    print("| newer model (not in the paper) | LoRETTA_adp (rank 5) | LoRETTA_rep (rank 8) | LoRA r=8 (peft; q and v, or the fused qkv) "
-          "| adp / LoRA | rep / LoRA |")
+    print("| newer model (not in the paper) | LoRETTA_adp (rank 5) | LoRETTA_rep (rank 8) | "
+          "LoRA r=8 (peft; q and v, or the fused qkv) | adp / LoRA | rep / LoRA |")
     print("|---|---:|---:|---:|---:|---:|")
     for name in MODERN:
         adp, rep8, lora = count(name, "adp", tensor_rank=5), count(name, "rep", tensor_rank=8), count(name, "lora")
