@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from contextlib import contextmanager
 
-from peft.tuners.tuners_utils import BaseTuner, check_target_module_exists
+from peft.tuners.tuners_utils import BaseTuner, _maybe_include_all_linear_layers, check_target_module_exists
 from torch import nn
 
 from . import tt_batch
@@ -42,6 +42,12 @@ def _layer_index(name: str, layers_pattern) -> int | None:
         patterns = [layers_pattern] if isinstance(layers_pattern, str) else layers_pattern
         match = next(filter(None, (re.match(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.", name) for p in patterns)), None)
     return int(match["idx"]) if match else None
+
+
+def _inside(name: str, modules) -> bool:
+    """Whether module `name` is one of `modules` (names or dotted suffixes of names) or inside one."""
+    parts = name.split(".")
+    return any(name_matches(".".join(parts[:end]), modules) for end in range(1, len(parts) + 1))
 
 
 def _in_selected_layers(name: str, config) -> bool:
@@ -83,6 +89,7 @@ class LorettaTunerBase(BaseTuner):
     def _prepare_model(self, peft_config, model: nn.Module) -> None:
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         preset = preset_for(model_type)
+        self._expand_all_linear(peft_config, model, preset)
         if peft_config.target_modules is None:
             if preset is None:
                 raise ValueError(
@@ -105,6 +112,24 @@ class LorettaTunerBase(BaseTuner):
                 # trained ones) inherit it; the frozen originals run their forward unchanged
                 for name in norms:
                     recompute_in_backward(model.get_submodule(name))
+
+    @staticmethod
+    def _expand_all_linear(peft_config, model: nn.Module, preset) -> None:
+        """PEFT's target_modules="all-linear": every Linear / Conv1D but the output layer (PEFT's own
+        expansion), less the modules trained whole: the classification head (the label projection,
+        and the hidden x hidden layer that is tensorized or trained densely) and `modules_to_save`.
+        Expanded here rather than by PEFT, which would do it after _prepare_model, so that the checks
+        and the head see the real names."""
+        targets = peft_config.target_modules
+        if not (isinstance(targets, str) and targets.lower() == "all-linear"):
+            return
+        _maybe_include_all_linear_layers(peft_config, model)
+        whole = list(peft_config.modules_to_save or [])
+        if str(peft_config.task_type) == "SEQ_CLS":
+            whole += ["classifier", "score"]  # the label head, which PEFT trains whole for SEQ_CLS
+            if preset is not None and preset.head_dense:
+                whole.append(preset.head_dense.rpartition(".")[0])
+        peft_config.target_modules = sorted(n for n in peft_config.target_modules if not _inside(n, whole))
 
     def _check_targets_exist(self, peft_config, model: nn.Module) -> None:
         names = [n for n, m in model.named_modules() if linear_features(m) is not None]

@@ -1,4 +1,4 @@
-"""PEFT's layer selection options: layers_to_transform, layers_pattern and exclude_modules."""
+"""PEFT's layer selection options: layers_to_transform, layers_pattern, exclude_modules and "all-linear"."""
 
 import re
 
@@ -90,3 +90,40 @@ def test_a_selection_matching_nothing_names_it_and_lists_the_layers():
     listed = r"'model\.layers\.\*\.self_attn\.q_proj'"
     with pytest.raises(ValueError, match=r"layers_to_transform=\[5\] matches none of .*" + listed):
         get_peft_model(tiny_model("llama", task="CAUSAL_LM"), config)
+
+
+# each layer's linear modules, by family; the output / classification heads are never among them
+ALL_LINEAR = {
+    "llama": {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+              "mlp.up_proj", "mlp.down_proj"},
+    "roberta": {"attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+                "intermediate.dense", "output.dense"},
+    "gpt2": {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"},
+}
+
+
+@pytest.mark.parametrize("method", ["adp", "rep"])
+@pytest.mark.parametrize("family, task", [("llama", "CAUSAL_LM"), ("roberta", "SEQ_CLS"), ("gpt2", "CAUSAL_LM"),
+                                          ("llama", "SEQ_CLS")])
+def test_all_linear_adapts_every_linear_layer_but_the_heads(tmp_path, method, family, task):
+    make, cls = METHODS[method]
+    model = get_peft_model(tiny_model(family, task=task), make(task, target_modules="all-linear"))
+    adapted = {n.split("base_model.model.")[-1] for n, m in model.named_modules() if isinstance(m, cls)}
+    per_layer = {LAYER_INDEX.split(n)[-1] for n in adapted}
+    assert per_layer == ALL_LINEAR[family] and len(adapted) == 2 * len(per_layer)  # both layers, nothing else
+    # the heads are trained whole (SEQ_CLS) or left alone (the LM head), not adapted
+    assert not any(head in n for n in adapted for head in ("lm_head", "classifier", "score", "pooler"))
+    labels = torch.tensor([0, 1]) if task == "SEQ_CLS" else tiny_batch(model)["input_ids"]
+    model.train()
+    model(**tiny_batch(model), labels=labels).loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad and "cores" in n)
+    model.eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:  # as if trained: the round trip must carry every adapted layer's cores
+                p.add_(torch.randn_like(p) * 0.05)
+        expected = model(**tiny_batch(model)).logits
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(tiny_model(family, task=task), tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**tiny_batch(loaded)).logits, expected)
