@@ -80,3 +80,19 @@ def test_a_newer_family_at_full_size_qwen3_8b():
     expected = 36 * (3 * adapter + norms) + 4_096  # + the final norm
     model = get_peft_model(_meta(AutoModelForCausalLM.from_config, cfg), LorettaAdpConfig(task_type="CAUSAL_LM"))
     assert trainable(model) == expected == 995_104
+
+
+def test_the_readme_tables_are_what_the_script_prints():
+    """scripts/param_counts.py's tables appear in the README row for row (bold aside)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "scripts/param_counts.py"], cwd=repo, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert len(rows) == 2 + 5 + 5  # two headers, the paper's five models, five newer ones
+    readme = (repo / "README.md").read_text().replace("**", "")
+    assert [row for row in rows if row not in readme] == []
