@@ -140,6 +140,11 @@ class FrozenCores(nn.Module):
         """The dense (in x out) initial matrix."""
         return self._cached("matrix", lambda cores: tt_to_matrix(cores, in_features, out_features, split))
 
+    def negated_matrix(self, in_features: int, out_features: int, split) -> torch.Tensor:
+        """-(the dense initial matrix): LoRETTA_rep's -B0, negated once rather than at every forward
+        (one operator per layer and step; the cache holds one form, and a rep B layer asks only for this)."""
+        return self._cached("negated_matrix", lambda cores: -tt_to_matrix(cores, in_features, out_features, split))
+
     def factors(self, split: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(L0 (in x r), R0 (r x out)), the initial matrix's factors at the in/out boundary: r / out
         (and r / in) of the dense matrix's memory."""
@@ -229,6 +234,10 @@ class TTLinear(nn.Module):
     def initial_matrix(self) -> torch.Tensor:
         """TT(initial cores) (noise_reduction only), cached."""
         return self.initial_cores.matrix(self.in_features, self.out_features, self.split)
+
+    def negated_initial_matrix(self) -> torch.Tensor:
+        """-TT(initial cores) (noise_reduction only), cached."""
+        return self.initial_cores.negated_matrix(self.in_features, self.out_features, self.split)
 
     def subtracts_initial(self) -> bool:
         return self.initial_cores is not None and self.subtract_initial

@@ -89,7 +89,7 @@ class LorettaRepLayer(LorettaLayerBase):
         if b_layer.initial_cores is None:
             return a.t().contiguous(), b
         a_t = torch.cat([a.t(), a_layer.initial_matrix().t()], dim=0)
-        return a_t, torch.cat([b, -b_layer.initial_matrix()], dim=0)
+        return a_t, torch.cat([b, b_layer.negated_initial_matrix()], dim=0)
 
     # merging
 

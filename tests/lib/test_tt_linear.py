@@ -152,3 +152,15 @@ def test_noise_reduction_starts_at_zero_and_round_trips_its_initial_cores():
     assert any("initial_cores" in k for k in layer.state_dict())
     # the initial product is kept as its two boundary factors, not as a dense 768 x 64 matrix
     assert [tuple(t.shape) for t in layer.initial_cores._cache] == [(768, 5), (5, 64)]
+
+
+def test_negated_initial_matrix_is_cached_and_exact():
+    """LoRETTA_rep's -B0: computed once (the same tensor on each call) until the buffers change."""
+    layer = TTLinear(8, 768, (8, 12, 8, 8), rank=5, init="noise_reduction", subtract_initial=False)
+    first = layer.negated_initial_matrix()
+    assert layer.negated_initial_matrix() is first
+    torch.testing.assert_close(first, -tt_to_matrix(layer.initial_cores.tensors(), 8, 768, layer.split), rtol=0, atol=0)
+    other = TTLinear(8, 768, (8, 12, 8, 8), rank=5, init="noise_reduction", subtract_initial=False)
+    other.negated_initial_matrix()
+    other.load_state_dict(layer.state_dict())  # new initial cores: the cache must follow them
+    torch.testing.assert_close(other.negated_initial_matrix(), first, rtol=0, atol=0)
