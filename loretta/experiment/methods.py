@@ -85,7 +85,10 @@ def _accepted(fn) -> list[str] | None:
 
 
 def _targets(given, target: Target, key: str):
-    """Explicit targets, else the model config's, else None (the library's default)."""
+    """Explicit targets, else the model config's, else None (the library's default). A string is
+    kept as one (PEFT's regex, or "all-linear"); a list (Hydra's ListConfig) becomes a plain list."""
+    if isinstance(given, str):
+        return given
     if given is not None:
         return list(given)
     found = (target.targets or {}).get(key)

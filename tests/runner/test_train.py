@@ -276,3 +276,16 @@ def test_another_hub_model_from_the_closest_config(method, kinds, tmp_path):
     # the Qwen3 preset placed it: the LLaMA-like MLP for adp, q and v for rep
     expected = {"loretta_adp": {"gate_proj", "up_proj", "down_proj"}, "loretta_rep": {"q_proj", "v_proj"}}[method]
     assert set(adapter["target_modules"]) == expected
+
+
+@pytest.mark.parametrize("method", ["lora", "loretta_rep", "loretta_adp"])
+def test_target_modules_all_linear_from_the_command_line(method, kinds, tmp_path):
+    """A string target_modules (PEFT's "all-linear" or a regex) reaches the method whole."""
+    task, data_dir, extra = kinds["multiple_choice"]
+    record = run(["model=tiny-llama", f"task={task}", f"task.data_dir={data_dir}", *extra, f"method={method}",
+                  "method.target_modules=all-linear"], tmp_path)
+    assert record["status"] == "completed"
+    adapter = json.loads((tmp_path / task / "tiny-llama" / method / "seed0" / "adapter" /
+                          "adapter_config.json").read_text())
+    every = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert {name.rsplit(".", 1)[-1] for name in adapter["target_modules"]} == every
