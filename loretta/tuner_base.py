@@ -9,6 +9,7 @@ like any auxiliary module.
 from __future__ import annotations
 
 import re
+import warnings
 from contextlib import contextmanager
 
 from peft.tuners.tuners_utils import BaseTuner, _maybe_include_all_linear_layers, check_target_module_exists
@@ -20,7 +21,7 @@ from .norm_recompute import recompute_in_backward, restore_forward
 from .presets import FAMILY_PRESETS, linear_features, linear_layer_names, name_matches, norm_module_names, preset_for
 from .quantized import keep_4bit_training_layout
 from .tt_linear import TTLinear
-from .tt_shapes import resolve_tt_shape
+from .tt_shapes import resolve_tt_shape, shape_key
 
 # the handle of the forward pre-hook that rebuilds the TT layers together (tt_batch.py), on the model
 _REBUILD_HOOK = "_loretta_rebuild_hook"
@@ -59,6 +60,18 @@ def _in_selected_layers(name: str, config) -> bool:
     return index is None or index in ([selected] if isinstance(selected, int) else selected)
 
 
+def _warn_unused_tt_shapes(tt_shapes, model: nn.Module) -> None:
+    """A `tt_shapes` entry for a size that no TT layer of the model has is not used: say so (one
+    mapping may serve several models, so this is a warning, not an error)."""
+    if not tt_shapes:
+        return
+    present = {shape_key(m.in_features, m.out_features) for m in model.modules() if isinstance(m, TTLinear)}
+    unused = sorted(set(tt_shapes) - present)
+    if unused:
+        warnings.warn(f"tt_shapes {unused} match no TT layer of this model, so they are not used; its TT layers "
+                      f"are {sorted(present)}", stacklevel=4)
+
+
 class LorettaTunerBase(BaseTuner):
     target_module_mapping: dict = {}
 
@@ -77,10 +90,11 @@ class LorettaTunerBase(BaseTuner):
         with adapter_names_hooks(self, self.tuner_layer_cls, adapter_names, kwargs.get("num_beams")):
             yield
 
-    def inject_adapter(self, model: nn.Module, *args, **kwargs) -> None:
-        super().inject_adapter(model, *args, **kwargs)
+    def inject_adapter(self, model: nn.Module, adapter_name: str, *args, **kwargs) -> None:
+        super().inject_adapter(model, adapter_name, *args, **kwargs)
         if getattr(model, _REBUILD_HOOK, None) is None:  # one hook, however many adapters
             setattr(model, _REBUILD_HOOK, model.register_forward_pre_hook(tt_batch.rebuild_before_forward))
+        _warn_unused_tt_shapes(self.peft_config[adapter_name].tt_shapes, model)
 
     def _prepare_adapter_config(self, peft_config, model_config):
         # Defaults are resolved in _prepare_model, where the model is at hand for error messages.
@@ -131,9 +145,14 @@ class LorettaTunerBase(BaseTuner):
                 whole.append(preset.head_dense.rpartition(".")[0])
         peft_config.target_modules = sorted(n for n in peft_config.target_modules if not _inside(n, whole))
 
+    @staticmethod
+    def _targeted_names(peft_config, model: nn.Module) -> list[str]:
+        """The linear layers the config's targets (and layer selection) will adapt."""
+        names = [_unwrapped_name(n) for n, m in model.named_modules() if linear_features(m) is not None]
+        return [n for n in names if check_target_module_exists(peft_config, n)]
+
     def _check_targets_exist(self, peft_config, model: nn.Module) -> None:
-        names = [n for n, m in model.named_modules() if linear_features(m) is not None]
-        if not any(check_target_module_exists(peft_config, _unwrapped_name(n)) for n in names):
+        if not self._targeted_names(peft_config, model):
             selection = "".join(
                 f", {field}={getattr(peft_config, field)!r}"
                 for field in ("layers_to_transform", "layers_pattern", "exclude_modules")

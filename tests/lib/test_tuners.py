@@ -435,3 +435,20 @@ def test_the_update_is_scaled_as_configured(method, scale_kw, scales):
     assert unit.abs().max() > 0
     for value, scaled in zip((0.5, 3.0), others):
         torch.testing.assert_close(scaled, unit * value, rtol=1e-5, atol=1e-6)
+
+
+def test_input_side_modules_that_match_no_adapted_layer_are_an_error():
+    with pytest.raises(ValueError, match=r"input_side_modules \['gate_prj'\] match none of the layers LoRETTA_adp "
+                                         r"adapts here: \[.*model\.layers\.\*\.mlp\.gate_proj"):
+        get_peft_model(tiny_model("llama", task="CAUSAL_LM"), METHODS["adp"]("CAUSAL_LM", input_side_modules=["gate_prj"]))
+    # a real name is used: that layer's adapter moves to the input side
+    model = get_peft_model(tiny_model("llama", task="CAUSAL_LM"), METHODS["adp"]("CAUSAL_LM", input_side_modules=["up_proj"]))
+    sides = {n.rsplit(".", 1)[-1]: m.side["default"] for n, m in model.named_modules() if isinstance(m, LorettaAdpLayer)}
+    assert sides == {"gate_proj": "output", "up_proj": "input", "down_proj": "output"}
+
+
+def test_tt_shapes_for_sizes_the_model_lacks_are_named_in_a_warning():
+    shapes = {"8x64": [2, 4, 8, 8], "4096x64": [16, 16, 16, 4, 4, 4]}  # tiny llama: hidden 64, bottleneck 8
+    with pytest.warns(UserWarning, match=r"tt_shapes \['4096x64'\] match no TT layer of this model.*'64x8', '8x64'"):
+        model = get_peft_model(tiny_model("llama", task="CAUSAL_LM"), METHODS["adp"]("CAUSAL_LM", tt_shapes=shapes))
+    assert {m.shape for m in model.modules() if isinstance(m, TTLinear) and m.in_features == 8} == {(2, 4, 8, 8)}
