@@ -17,7 +17,7 @@ from torch import nn
 
 from . import tt_batch
 from .mixed_batch import adapter_names_hooks
-from .norm_recompute import recompute_in_backward, restore_forward
+from .norm_recompute import recompute_in_backward, restore_forward, saves_memory_when_recomputed
 from .presets import FAMILY_PRESETS, linear_features, linear_layer_names, name_matches, norm_module_names, preset_for
 from .quantized import keep_4bit_training_layout
 from .tt_linear import TTLinear
@@ -125,7 +125,8 @@ class LorettaTunerBase(BaseTuner):
                 # patched before PEFT copies each norm into its ModulesToSaveWrapper: the copies (the
                 # trained ones) inherit it; the frozen originals run their forward unchanged
                 for name in norms:
-                    recompute_in_backward(model.get_submodule(name))
+                    if saves_memory_when_recomputed(model.get_submodule(name)):
+                        recompute_in_backward(model.get_submodule(name))
 
     @staticmethod
     def _expand_all_linear(peft_config, model: nn.Module, preset) -> None:
