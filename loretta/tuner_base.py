@@ -140,10 +140,10 @@ class LorettaTunerBase(BaseTuner):
             return
         _maybe_include_all_linear_layers(peft_config, model)
         whole = list(peft_config.modules_to_save or [])
-        if str(peft_config.task_type) == "SEQ_CLS":
-            whole += ["classifier", "score"]  # the label head, which PEFT trains whole for SEQ_CLS
-            if preset is not None and preset.head_dense:
-                whole.append(preset.head_dense.rpartition(".")[0])
+        if str(peft_config.task_type) in ("SEQ_CLS", "TOKEN_CLS"):
+            whole += ["classifier", "score"]  # the label head, which PEFT trains whole for these tasks
+        if str(peft_config.task_type) == "SEQ_CLS" and preset is not None and preset.head_dense:
+            whole.append(preset.head_dense.rpartition(".")[0])
         peft_config.target_modules = sorted(n for n in peft_config.target_modules if not _inside(n, whole))
 
     @staticmethod

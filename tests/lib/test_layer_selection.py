@@ -127,3 +127,19 @@ def test_all_linear_adapts_every_linear_layer_but_the_heads(tmp_path, method, fa
     loaded = PeftModel.from_pretrained(tiny_model(family, task=task), tmp_path).eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(**tiny_batch(loaded)).logits, expected)
+
+
+@pytest.mark.parametrize("method", ["adp", "rep"])
+def test_all_linear_on_token_classification_leaves_the_label_head_to_peft(method):
+    from transformers import AutoConfig, AutoModelForTokenClassification
+
+    make, cls = METHODS[method]
+    bert = AutoModelForTokenClassification.from_config(
+        AutoConfig.for_model("bert", hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                             vocab_size=100, num_labels=3))
+    model = get_peft_model(bert, make("TOKEN_CLS", target_modules="all-linear"))
+    adapted = [n for n, m in model.named_modules() if isinstance(m, cls)]
+    assert len(adapted) == 6 and not any("classifier" in n for n in adapted)
+    ids = torch.randint(2, 100, (2, 8))
+    model(input_ids=ids, labels=torch.zeros(2, 8, dtype=torch.long)).loss.backward()
+    assert model.base_model.model.classifier.modules_to_save["default"].weight.grad is not None
