@@ -56,8 +56,9 @@ class LorettaConfigBase(PeftConfig):
         default=True,
         metadata={
             "help": "Trainable norms keep only their input for the backward pass and recompute their forward "
-            "there (the activation memory trainable norms would add; README 'Speed and memory'). False: the "
-            "norm class's forward, unchanged."
+            "there (the activation memory trainable norms would add; README 'Speed and memory'); torch's fused "
+            "nn.LayerNorm keeps no more when trained and is left as it is. False: the norm class's forward, "
+            "unchanged."
         },
     )
     init_method: str = field(
