@@ -49,6 +49,11 @@ class LorettaLayerBase(nn.Module, BaseTunerLayer):
                       if name in adapters and isinstance(adapters[name], TTLinear)]
         return found
 
+    @staticmethod
+    def factors_together(layers: list) -> None:
+        """After the TT layers are rebuilt together (tt_batch): whatever this layer type builds from
+        them for every layer at once (LoRETTA_rep: its concatenated, scaled factors). Nothing by default."""
+
     def activation_dtype(self) -> torch.dtype | None:
         """The dtype the adapters most likely see: the base weight's (None for quantized weights,
         whose compute dtype is the base layer's own business)."""

@@ -79,10 +79,13 @@ def rebuild_before_forward(model, args) -> None:
         return  # compiled, the rebuilds are part of the graph
     from .layer_base import LorettaLayerBase
 
-    layers, dtypes = [], []
+    layers, dtypes, by_type = [], [], defaultdict(list)
     for module in model.modules():
         if isinstance(module, LorettaLayerBase):
             found = module.active_tt_layers()
             layers += found
             dtypes += [module.activation_dtype()] * len(found)
+            by_type[type(module)].append(module)
     rebuild_together(layers, dtypes)
+    for layer_type, modules in by_type.items():
+        layer_type.factors_together(modules)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections import defaultdict
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,6 +24,8 @@ class LorettaRepLayer(LorettaLayerBase):
         self.loretta_rep_dropout = nn.ModuleDict()
         self.r: dict[str, int] = {}
         self.scaling: dict[str, float] = {}
+        # per adapter: (dtype, A^T, B * scaling) built for the whole model at once (factors_together)
+        self._held_factors: dict[str, tuple] = {}
         self.update_layer(adapter_name, config)
 
     def update_layer(self, adapter_name: str, config) -> None:
@@ -65,12 +69,77 @@ class LorettaRepLayer(LorettaLayerBase):
         return out
 
     def _update(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        a_t, b = self._factors(name)
+        a_t, b_scaled = self._scaled_factors(name, x.dtype)
         h = self.loretta_rep_dropout[name](x)
-        # the scaling goes on the small (k x out) factor, not on the (tokens x out) product: one
-        # elementwise pass over the activations less, forward and backward (exact for the
-        # default lora_alpha / r = 2, a power of two)
-        return F.linear(h, a_t.to(x.dtype)) @ (b * self.scaling[name]).to(x.dtype)
+        return F.linear(h, a_t) @ b_scaled
+
+    def _scaled_factors(self, name: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A^T, B * scaling) in `dtype`: those built with the other layers' (factors_together) while the
+        cores stay as they are, else this layer's own. The scaling goes on the small (k x out) factor,
+        not on the (tokens x out) product: one elementwise pass over the activations less, forward and
+        backward (exact for the default lora_alpha / r = 2, a power of two)."""
+        held = self._valid_held_factors(name)
+        if held is not None:
+            held_dtype, a_t, b_scaled = held
+            return (a_t, b_scaled) if held_dtype == dtype else (a_t.to(dtype), b_scaled.to(dtype))
+        a_t, b = self._factors(name)
+        return a_t.to(dtype), (b * self.scaling[name]).to(dtype)
+
+    def _factors_state(self, name: str) -> tuple:
+        return self.loretta_rep_A[name]._state_key(), self.loretta_rep_B[name]._state_key()
+
+    def _valid_held_factors(self, name: str):
+        held = self._held_factors.get(name)
+        if held is None or torch.compiler.is_compiling():
+            return None
+        dtype, a_t, b_scaled, state = held
+        # built without a graph (under no_grad), they must not stand in where gradients are wanted
+        wants_graph = torch.is_grad_enabled() and self.loretta_rep_A[name].cores[0].requires_grad
+        if state != self._factors_state(name) or (wants_graph and a_t.grad_fn is None):
+            del self._held_factors[name]
+            return None
+        return dtype, a_t, b_scaled
+
+    @staticmethod
+    def factors_together(layers: list[LorettaRepLayer]) -> None:
+        """Put together every active adapter's (A^T, B * scaling) for the model's forward, stacked by
+        structure: one concatenation with A0 / -B0, one scaling and one cast per group of same-shaped
+        layers instead of per layer (operators that each cost a kernel launch on a GPU). Runs after
+        tt_batch.rebuild_together, whose matrices it stacks; the values are those of each layer's
+        own _scaled_factors."""
+        groups = defaultdict(list)
+        for layer in layers:
+            if layer.disable_adapters or layer.merged:
+                continue
+            dtype = layer.get_base_layer().weight.dtype
+            for name in layer._active():
+                a, b = layer.loretta_rep_A[name], layer.loretta_rep_B[name]
+                key = (a.batch_key(), b.batch_key(), layer.scaling[name], dtype if dtype.is_floating_point else None)
+                groups[key].append((layer, name))
+        for (_, _, scaling, dtype), group in groups.items():
+            if len(group) < 2:
+                continue  # nothing to share
+            pairs = [(layer.loretta_rep_A[name], layer.loretta_rep_B[name]) for layer, name in group]
+            a_all = torch.stack([a.weight_matrix() for a, _ in pairs]).mT  # G x r x in
+            b_all = torch.stack([b.weight_matrix() for _, b in pairs])  # G x r x out
+            if pairs[0][1].initial_cores is not None:
+                with torch.no_grad():
+                    a0_t = torch.stack([a.initial_matrix() for a, _ in pairs]).mT
+                    negated_b0 = torch.stack([b.negated_initial_matrix() for _, b in pairs])
+                a_t, b_all = torch.cat([a_all, a0_t], dim=1), torch.cat([b_all, negated_b0], dim=1)
+            else:
+                a_t = a_all.contiguous()
+            b_scaled = b_all * scaling
+            cast = dtype if dtype is not None else a_t.dtype
+            a_t, b_scaled = a_t.to(cast), b_scaled.to(cast)
+            for (layer, name), a_i, b_i in zip(group, a_t.unbind(0), b_scaled.unbind(0)):
+                layer._held_factors[name] = (cast, a_i, b_i, layer._factors_state(name))
+
+    def __getstate__(self):
+        # copies (deepcopy, pickle) build their own: held factors may carry an autograd graph
+        state = dict(super().__getstate__())
+        state["_held_factors"] = {}
+        return state
 
     def _mixed_batch_forward(self, x: torch.Tensor, *args, adapter_names, **kwargs) -> torch.Tensor:
         groups = self._mixed_sub_batches(x, adapter_names, self.loretta_rep_A)

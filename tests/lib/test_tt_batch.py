@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from loretta import LorettaAdpConfig, LorettaRepConfig, TTLinear, get_peft_model
+from loretta import LorettaAdpConfig, LorettaRepConfig, LorettaRepLayer, TTLinear, get_peft_model
 from loretta.layer_base import LorettaLayerBase
 from loretta.tt_batch import rebuild_together
 
@@ -81,11 +81,21 @@ def test_rebuilding_together_gives_each_layers_own_output_and_gradients(method, 
         cast_dtypes = [[t.dtype for t in (cast[1] if isinstance(cast[1], tuple) else [cast[1]])] for cast in held_casts]
         assert all(cast[0] == dtype for cast in held_casts) and all(d == dtype for ds in cast_dtypes for d in ds)
 
+    if method == "rep":  # and its layers' concatenated, scaled factors were put together too
+        rep_layers = [m for m in model.modules() if isinstance(m, LorettaRepLayer)]
+        assert all(layer._valid_held_factors("default") is not None for layer in rep_layers)
+        if dtype != torch.float32:
+            assert all(layer._held_factors["default"][1].dtype == dtype for layer in rep_layers)
+
     _hook(model).remove()
-    for tt in (m for m in model.modules() if isinstance(m, TTLinear)):
-        tt._held = None
+    for module in model.modules():
+        if isinstance(module, TTLinear):
+            module._held = None
+        if isinstance(module, LorettaRepLayer):
+            module._held_factors.clear()
     alone = _loss_and_grads(model, batch)
-    torch.testing.assert_close(together[0], alone[0], rtol=1e-6, atol=1e-7)
+    # the same products on the same values, stacked: the same numbers
+    torch.testing.assert_close(together[0], alone[0], rtol=0, atol=0)
     assert together[1].keys() == alone[1].keys()
     for name in alone[1]:
         torch.testing.assert_close(together[1][name], alone[1][name], rtol=1e-5, atol=1e-8)
