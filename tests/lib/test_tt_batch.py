@@ -144,3 +144,22 @@ def test_gradient_accumulation_copies_and_unloading():
         torch.testing.assert_close(clone(**batch).logits, model(**batch).logits)
     unloaded = model.merge_and_unload()
     assert not hasattr(unloaded, "_loretta_rebuild_hook") and not unloaded._forward_pre_hooks
+
+
+def test_rep_factors_put_together_give_way_when_the_cores_change_or_a_graph_is_wanted():
+    from loretta.tt_batch import rebuild_before_forward
+
+    model = _model("rep")
+    layer = next(m for m in model.modules() if isinstance(m, LorettaRepLayer))
+    with torch.no_grad():
+        rebuild_before_forward(model.base_model.model, ())
+    assert layer._held_factors and layer._valid_held_factors("default") is None  # no graph, one is wanted
+    rebuild_before_forward(model.base_model.model, ())
+    dtype, a_t, b_scaled = layer._valid_held_factors("default")
+    own_a_t, own_b = layer._factors("default")
+    torch.testing.assert_close(a_t, own_a_t, rtol=0, atol=0)
+    torch.testing.assert_close(b_scaled, own_b * layer.scaling["default"], rtol=0, atol=0)
+    assert copy.deepcopy(layer)._held_factors == {}  # a copy builds its own (held ones carry a graph)
+    with torch.no_grad():
+        layer.loretta_rep_B["default"].cores[0].mul_(2)  # what an optimizer step does
+    assert layer._valid_held_factors("default") is None
