@@ -8,7 +8,9 @@ in/out sizes) are therefore rebuilt together: their cores are stacked and contra
 few batched products, once per model forward, and each layer is handed its slice (TTLinear.hold).
 Layers that multiply by their factors (TTLinear.multiplies_by_factors) get their factors the
 same way. The values are those of each layer's own rebuild (the same products, stacked); a layer
-whose cores change afterwards (an optimizer step, a load) rebuilds its own again.
+whose cores change afterwards (an optimizer step, a load) rebuilds its own again. Each tuner layer
+type may then build what it needs from those matrices for all its layers at once
+(`factors_together`: LoRETTA_rep's concatenated, scaled, cast factors).
 """
 
 from __future__ import annotations
