@@ -66,20 +66,7 @@ def test_recompute_under_bf16_autocast_matches(method):
 
 
 def _saved_for_backward_bytes(model, batch, labels):
-    seen, total = set(), 0
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-
-    def pack(t):
-        nonlocal total
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in weights and ptr not in seen:
-            seen.add(ptr)
-            total += t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(**batch, labels=labels).loss
-    return total
+    return _saved_for_backward_bytes_of(lambda: model(**batch, labels=labels).loss, model)
 
 
 @pytest.mark.parametrize("family", ["deberta", "llama"])
