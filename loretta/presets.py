@@ -75,13 +75,17 @@ def linear_features(module: nn.Module) -> tuple[int, int] | None:
     return linear_features(base) if base is not None else None
 
 
+def fold_layer_indices(name: str) -> str:
+    """'model.layers.3.mlp.up_proj' -> 'model.layers.*.mlp.up_proj' (for error messages)."""
+    return ".".join("*" if part.isdigit() else part for part in name.split("."))
+
+
 def linear_layer_names(model: nn.Module) -> list[str]:
     """The model's linear layer names with layer indices folded to '*' (for error messages)."""
     seen: dict[str, None] = {}
     for name, module in model.named_modules():
         if isinstance(module, (nn.Linear, Conv1D)):
-            folded = ".".join("*" if part.isdigit() else part for part in name.split("."))
-            seen.setdefault(folded, None)
+            seen.setdefault(fold_layer_indices(name), None)
     return list(seen)
 
 

@@ -108,6 +108,14 @@ def boundary_split(shape, in_features: int) -> int | None:
     return None
 
 
+def held_is_stale(held_state, current_state, operand: torch.Tensor, cores_train: bool) -> bool:
+    """Whether something built from TT cores ahead of use (tt_batch) may no longer stand in for a fresh
+    build: the tensors it came from changed since (an optimizer step, a load), or it was built without
+    a graph (under no_grad) and gradients are wanted now."""
+    wants_graph = torch.is_grad_enabled() and cores_train
+    return held_state != current_state or (wants_graph and operand.grad_fn is None)
+
+
 class FrozenCores(nn.Module):
     """Copies of the initial TT cores as (saved) buffers, and what is rebuilt from them, cached."""
 
@@ -274,10 +282,8 @@ class TTLinear(nn.Module):
         if self._held is None or torch.compiler.is_compiling():
             return None
         held_form, operands, cast, key = self._held
-        # operands built without a graph (under no_grad) must not stand in where gradients are wanted
-        wants_graph = torch.is_grad_enabled() and self.cores[0].requires_grad
         first = operands if held_form == "matrix" else operands[0]
-        if key != self._state_key() or (wants_graph and first.grad_fn is None):
+        if held_is_stale(key, self._state_key(), first, self.cores[0].requires_grad):
             self._held = None
             return None
         return (operands, cast) if held_form == form else None

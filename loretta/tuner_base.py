@@ -112,7 +112,7 @@ class LorettaTunerBase(BaseTuner):
                     f"{linear_layer_names(model)}"
                 )
             self._default_targets(preset, peft_config)
-        self._check_targets_exist(peft_config, model)
+        self._check_targeted(peft_config, self._check_targets_exist(peft_config, model))
         keep_4bit_training_layout(model)
         if str(peft_config.task_type) == "SEQ_CLS" and preset is not None and preset.head_dense:
             self._prepare_head(peft_config, model, preset.head_dense)
@@ -146,14 +146,15 @@ class LorettaTunerBase(BaseTuner):
             whole.append(preset.head_dense.rpartition(".")[0])
         peft_config.target_modules = sorted(n for n in peft_config.target_modules if not _inside(n, whole))
 
-    @staticmethod
-    def _targeted_names(peft_config, model: nn.Module) -> list[str]:
-        """The linear layers the config's targets (and layer selection) will adapt."""
-        names = [_unwrapped_name(n) for n, m in model.named_modules() if linear_features(m) is not None]
-        return [n for n in names if check_target_module_exists(peft_config, n)]
+    def _check_targeted(self, peft_config, targeted: list[str]) -> None:
+        """Subclasses: check the config against the layers it will adapt (before the model changes)."""
 
-    def _check_targets_exist(self, peft_config, model: nn.Module) -> None:
-        if not self._targeted_names(peft_config, model):
+    def _check_targets_exist(self, peft_config, model: nn.Module) -> list[str]:
+        """The linear layers the config's targets (and layer selection) will adapt; an error listing the
+        model's linear layers if none."""
+        names = [_unwrapped_name(n) for n, m in model.named_modules() if linear_features(m) is not None]
+        targeted = [n for n in names if check_target_module_exists(peft_config, n)]
+        if not targeted:
             selection = "".join(
                 f", {field}={getattr(peft_config, field)!r}"
                 for field in ("layers_to_transform", "layers_pattern", "exclude_modules")
@@ -163,6 +164,7 @@ class LorettaTunerBase(BaseTuner):
                 f"target_modules={peft_config.target_modules!r}{selection} matches none of this model's linear "
                 f"layers: {linear_layer_names(model)}"
             )
+        return targeted
 
     def _prepare_head(self, peft_config, model: nn.Module, head_dense: str) -> None:
         for name, module in list(model.named_modules()):

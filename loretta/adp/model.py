@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from ..presets import name_matches
+from ..presets import fold_layer_indices, name_matches
 from ..tuner_base import LorettaTunerBase
 from .layer import INPUT_SIDE, OUTPUT_SIDE, LorettaAdpLayer
 
@@ -16,16 +16,14 @@ class LorettaAdpModel(LorettaTunerBase):
         if config.input_side_modules is None:
             config.input_side_modules = list(preset.adp_input_side)
 
-    def _prepare_model(self, peft_config, model) -> None:
-        super()._prepare_model(peft_config, model)
+    def _check_targeted(self, peft_config, targeted: list[str]) -> None:
         # a name in input_side_modules that matches no adapted layer would silently leave the
         # adapters it meant on the output side
-        targeted = self._targeted_names(peft_config, model)
         unmatched = [n for n in peft_config.input_side_modules or () if not any(name_matches(t, [n]) for t in targeted)]
         if unmatched:
             raise ValueError(
                 f"input_side_modules {unmatched} match none of the layers LoRETTA_adp adapts here: "
-                f"{sorted({'.'.join('*' if p.isdigit() else p for p in t.split('.')) for t in targeted})}"
+                f"{sorted({fold_layer_indices(t) for t in targeted})}"
             )
 
     @staticmethod

@@ -9,6 +9,15 @@ from transformers.pytorch_utils import Conv1D
 
 from ..layer_base import LorettaLayerBase
 from ..quantized import add_to_weight
+from ..tt_linear import held_is_stale
+
+
+def _lora_factors(a, b, a0=None, negated_b0=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A^T, B), or with noise reduction ([A | A0]^T, [B ; -B0]), whose product is A @ B - A0 @ B0; for
+    one layer (A in x r, B r x out) or a stack of them (G x ...). A^T comes out contiguous."""
+    if a0 is None:
+        return a.mT.contiguous(), b
+    return torch.cat([a.mT, a0.mT], dim=-2), torch.cat([b, negated_b0], dim=-2)
 
 
 class LorettaRepLayer(LorettaLayerBase):
@@ -93,9 +102,7 @@ class LorettaRepLayer(LorettaLayerBase):
         if held is None or torch.compiler.is_compiling():
             return None
         dtype, a_t, b_scaled, state = held
-        # built without a graph (under no_grad), they must not stand in where gradients are wanted
-        wants_graph = torch.is_grad_enabled() and self.loretta_rep_A[name].cores[0].requires_grad
-        if state != self._factors_state(name) or (wants_graph and a_t.grad_fn is None):
+        if held_is_stale(state, self._factors_state(name), a_t, self.loretta_rep_A[name].cores[0].requires_grad):
             del self._held_factors[name]
             return None
         return dtype, a_t, b_scaled
@@ -120,16 +127,14 @@ class LorettaRepLayer(LorettaLayerBase):
             if len(group) < 2:
                 continue  # nothing to share
             pairs = [(layer.loretta_rep_A[name], layer.loretta_rep_B[name]) for layer, name in group]
-            a_all = torch.stack([a.weight_matrix() for a, _ in pairs]).mT  # G x r x in
-            b_all = torch.stack([b.weight_matrix() for _, b in pairs])  # G x r x out
+            stacked = [torch.stack([a.weight_matrix() for a, _ in pairs]),  # G x in x r
+                       torch.stack([b.weight_matrix() for _, b in pairs])]  # G x r x out
             if pairs[0][1].initial_cores is not None:
                 with torch.no_grad():
-                    a0_t = torch.stack([a.initial_matrix() for a, _ in pairs]).mT
-                    negated_b0 = torch.stack([b.negated_initial_matrix() for _, b in pairs])
-                a_t, b_all = torch.cat([a_all, a0_t], dim=1), torch.cat([b_all, negated_b0], dim=1)
-            else:
-                a_t = a_all.contiguous()
-            b_scaled = b_all * scaling
+                    stacked += [torch.stack([a.initial_matrix() for a, _ in pairs]),
+                                torch.stack([b.negated_initial_matrix() for _, b in pairs])]
+            a_t, b = _lora_factors(*stacked)
+            b_scaled = b * scaling
             cast = dtype if dtype is not None else a_t.dtype
             a_t, b_scaled = a_t.to(cast), b_scaled.to(cast)
             for (layer, name), a_i, b_i in zip(group, a_t.unbind(0), b_scaled.unbind(0)):
@@ -154,11 +159,10 @@ class LorettaRepLayer(LorettaLayerBase):
         A is (k x in) contiguous, as an nn.Linear weight: x @ A in that layout, and its backward,
         ran 2x faster on this project's CPU than with A stored (in x k) (tt_linear.difference_factors)."""
         a_layer, b_layer = self.loretta_rep_A[name], self.loretta_rep_B[name]
-        a, b = a_layer.weight_matrix(), b_layer.weight_matrix()
         if b_layer.initial_cores is None:
-            return a.t().contiguous(), b
-        a_t = torch.cat([a.t(), a_layer.initial_matrix().t()], dim=0)
-        return a_t, torch.cat([b, b_layer.negated_initial_matrix()], dim=0)
+            return _lora_factors(a_layer.weight_matrix(), b_layer.weight_matrix())
+        return _lora_factors(a_layer.weight_matrix(), b_layer.weight_matrix(), a_layer.initial_matrix(),
+                             b_layer.negated_initial_matrix())
 
     # merging
 
