@@ -17,6 +17,8 @@ import contextlib
 import torch
 from torch import nn
 
+from .master_weights import run_forward
+
 
 class _RecomputedForward(torch.autograd.Function):
     @staticmethod
@@ -28,7 +30,7 @@ class _RecomputedForward(torch.autograd.Function):
                         if torch.amp.is_autocast_available(device_type) else None)
         ctx.save_for_backward(x, *params)
         with torch.no_grad():
-            return type(module).forward(module, x)
+            return run_forward(module, x)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
@@ -42,7 +44,7 @@ class _RecomputedForward(torch.autograd.Function):
             device_type, autocast_enabled, autocast_dtype = ctx.autocast
             autocast = torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_enabled)
         with torch.enable_grad(), autocast:
-            output = type(ctx.module).forward(ctx.module, x)
+            output = run_forward(ctx.module, x)
         inputs = ([x] if x_needs_grad else []) + params
         grads = list(torch.autograd.grad(output, inputs, grad_output, allow_unused=True))
         x_grad = grads.pop(0) if x_needs_grad else None
@@ -52,7 +54,10 @@ class _RecomputedForward(torch.autograd.Function):
 class RecomputingNormForward:
     """Stands in for one norm module's `forward` (set as an instance attribute). A plain callable
     object rather than a bound method, so that deep copies (PEFT copies each norm it trains) rebind
-    it to the copy and pickling works."""
+    it to the copy and pickling works. Its forward is `master_weights.run_forward`, so that a norm
+    with float32 master weights recomputes (and differentiates) with them."""
+
+    casts_master_weights = True
 
     def __init__(self, module: nn.Module):
         self.module = module
@@ -68,7 +73,7 @@ class RecomputingNormForward:
             # torch.compile, which cannot trace the autograd.grad of the backward (a graph break at
             # every norm) and whose partitioner already recomputes cheap elementwise ops like norms
             # in the backward rather than saving them
-            return type(module).forward(module, *args, **kwargs)
+            return run_forward(module, *args, **kwargs)
         return _RecomputedForward.apply(module, x, *params)
 
 

@@ -13,9 +13,11 @@ import warnings
 from contextlib import contextmanager
 
 from peft.tuners.tuners_utils import BaseTuner, _maybe_include_all_linear_layers, check_target_module_exists
+from peft.utils.other import ModulesToSaveWrapper
 from torch import nn
 
 from . import tt_batch
+from .master_weights import keep_float32_masters, restore_dtypes
 from .mixed_batch import adapter_names_hooks
 from .norm_recompute import recompute_in_backward, restore_forward, saves_memory_when_recomputed
 from .presets import FAMILY_PRESETS, linear_features, linear_layer_names, name_matches, norm_module_names, preset_for
@@ -95,6 +97,18 @@ class LorettaTunerBase(BaseTuner):
         if getattr(model, _REBUILD_HOOK, None) is None:  # one hook, however many adapters
             setattr(model, _REBUILD_HOOK, model.register_forward_pre_hook(tt_batch.rebuild_before_forward))
         _warn_unused_tt_shapes(self.peft_config[adapter_name].tt_shapes, model)
+
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        # PeftModel calls this after adding an adapter (and before loading its weights). PEFT upcasts
+        # adapter layers' half-precision weights; LoRETTA's own are float32 already, but the modules
+        # trained whole (layer norms, classification head, modules_to_save) would train in the base
+        # model's dtype, where bf16 norm weights never move: they keep float32 masters instead.
+        super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
+        if not autocast_adapter_dtype:
+            return
+        for module in self.model.modules():
+            if isinstance(module, ModulesToSaveWrapper) and adapter_name in module.modules_to_save:
+                keep_float32_masters(module.modules_to_save[adapter_name])
 
     def _prepare_adapter_config(self, peft_config, model_config):
         # Defaults are resolved in _prepare_model, where the model is at hand for error messages.
@@ -214,6 +228,7 @@ class LorettaTunerBase(BaseTuner):
                 parent = model.get_submodule(parent_name) if parent_name else model
                 setattr(parent, child, module.to_dense_linear())
         restore_forward(model)
+        restore_dtypes(model)
         handle = getattr(model, _REBUILD_HOOK, None)
         if handle is not None:
             handle.remove()
