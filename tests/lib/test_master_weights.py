@@ -160,3 +160,21 @@ def test_an_instance_forward_set_before_runs_inside_the_cast_and_is_given_back()
     assert layer.weight.grad.dtype == torch.float32
     restore_dtypes(layer)
     assert layer.weight.dtype == torch.bfloat16 and layer.forward is hooked_forward and compute_dtype(layer) is None
+
+
+@pytest.mark.parametrize("method", ["adp", "rep"])
+def test_fp16_model_steps_with_a_grad_scaler(method):
+    # torch.amp.GradScaler (transformers' Trainer with fp16=True) refuses fp16 gradients: before the
+    # masters, a LoRETTA fp16 model failed at its first step with "Attempting to unscale FP16 gradients"
+    model = get_peft_model(tiny_model("llama", task="CAUSAL_LM").to(torch.float16), CONFIGS[method]("CAUSAL_LM"))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert {p.dtype for p in trainable} == {torch.float32}
+    opt = torch.optim.AdamW(trainable, lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu")
+    batch = tiny_batch(model)
+    before = [p.detach().clone() for p in trainable]
+    loss = model(**batch, labels=batch["input_ids"]).loss
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert all(not torch.equal(b, p) for b, p in zip(before, trainable) if p.grad is not None and p.grad.any())
