@@ -80,10 +80,15 @@ def minutes(group: list[dict]) -> str:
     return f"{statistics.mean(r['train_time_s'] for r in group) / 60:.1f}" if group else "—"
 
 
+def setting_of(record: dict) -> str:
+    """What a run changed beyond the lr, from its variant name ("_head-dense_lr3e-3" -> "head-dense")."""
+    return "_".join(part for part in record.get("variant", "").strip("_").split("_") if part and not part.startswith("lr"))
+
+
 def is_base_setting(record: dict) -> bool:
     """A run of the method as configured (no ablation), whatever its initialisation and lr."""
     if record.get("experiment") == "evidence_glue":
-        return True
+        return not setting_of(record)
     variant = record.get("variant", "")
     return record.get("experiment") == "evidence_ablation" and variant.startswith("_init-") and "shape" not in variant
 
@@ -187,35 +192,46 @@ def ablations(records: list[dict], task: str = "sst2") -> str:
     for (method, init, lr, variant, params), group in sorted(rows.items(), key=lambda kv: (order_key(kv[0][0]), kv[0][1:4])):
         seeds = {r["seed"] for r in group}
         baseline = [score(r) for r in base.get((method, init, lr), []) if r["seed"] in seeds]
-        setting = "_".join(part for part in variant.strip("_").split("_") if not part.startswith("lr"))
-        lines.append(f"| {method} | {init} | {lr:g} | {setting} | {params:,} | {fmt([score(r) for r in group])} | "
+        lines.append(f"| {method} | {init} | {lr:g} | {setting_of(group[0])} | {params:,} | {fmt([score(r) for r in group])} | "
                      f"{fmt(baseline)} |")
     return "\n".join(lines)
 
 
 def larger_encoders(records: list[dict], paper: dict) -> str:
-    """evidence_glue runs on models other than MiniLM, beside MiniLM's at the same (task, method, init, lr)
-    and the paper's DeBERTa-base; "" if there are none."""
+    """evidence_glue runs on models other than MiniLM, beside MiniLM's at the same (task, method, init, lr,
+    setting) and the paper's DeBERTa-base; "" if there are none. A run that changed something beyond
+    the lr (its variant, e.g. "_head-dense_lr3e-3") is its own row, the setting named beside the method."""
     models = sorted({r["model"] for r in records if r.get("experiment") == "evidence_glue"} - {ENCODER_MODEL})
     if not models:
         return ""
     lines = ["| model | task | method | lr | trainable params | params / LoRA r=8 | score | MiniLM, same setting "
              "| minutes per run | paper DeBERTa-base: params | paper score |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def key(r):
+        return r["method"], init_of(r), r["lr"], "" if is_base_setting(r) else setting_of(r)
+
     for model in models:
         tasks = sorted({r["task"] for r in records if r["model"] == model and r.get("experiment") == "evidence_glue"},
                        key=lambda t: (ENCODER_TASKS.index(t) if t in ENCODER_TASKS else len(ENCODER_TASKS), t))
         for task in tasks:
-            here, minilm = grid_groups(records, task, model), grid_groups(records, task)
-            lora = [g[0]["trainable_params"] for (m, _, _), g in here.items() if m == "lora"]
-            for (method, init, lr), group in sorted(here.items(), key=lambda kv: (order_key(kv[0][0]), str(kv[0][1]),
-                                                                                    kv[0][2])):
+            here, minilm = defaultdict(list), defaultdict(list)
+            for r in records:
+                if r["task"] == task and r["model"] == model and r.get("experiment") == "evidence_glue":
+                    here[key(r)].append(r)
+                elif r["task"] == task and r["model"] == ENCODER_MODEL and r.get("experiment") in ENCODER_EXPERIMENTS:
+                    minilm[key(r)].append(r)
+            lora = [g[0]["trainable_params"] for (m, _, _, setting), g in here.items() if m == "lora" and not setting]
+            for (method, init, lr, setting), group in sorted(here.items(), key=lambda kv: (
+                    order_key(kv[0][0]), kv[0][3], str(kv[0][1]), kv[0][2])):
                 params = group[0]["trainable_params"]
-                paper_score = paper_deberta(paper, method, task)
-                lines.append(f"| {model} | {task} | {method} | {lr:g} | {params:,} | "
+                # the paper's entry is for the method as configured, not for a changed setting
+                paper_score = None if setting else paper_deberta(paper, method, task)
+                paper_params = "—" if setting else millions(paper_deberta(paper, method, "params"))
+                lines.append(f"| {model} | {task} | {method}{f' ({setting})' if setting else ''} | {lr:g} | {params:,} | "
                              f"{f'{params / lora[0]:.2f}×' if lora else '—'} | {fmt([score(r) for r in group])} | "
-                             f"{fmt([score(r) for r in minilm.get((method, init, lr), [])])} | {minutes(group)} | "
-                             f"{millions(paper_deberta(paper, method, 'params'))} | "
+                             f"{fmt([score(r) for r in minilm.get((method, init, lr, setting), [])])} | "
+                             f"{minutes(group)} | {paper_params} | "
                              f"{'—' if paper_score is None else f'{paper_score:.1f}'} |")
     return "\n".join(lines)
 

@@ -153,6 +153,13 @@ def test_evidence_tables_keep_a_larger_encoder_out_of_minilms_tables_and_show_it
     record(runs, g, "sst2", "lora", 0, 1e-2, 0.99, 296_450, "_lr1e-2", model="mpnet")  # would win MiniLM's grid
     record(runs, g, "sst2", "loretta_adp", 0, 3e-3, 0.88, 99_194, "_lr3e-3", init="noise_reduction", model="mpnet")
     record(runs, g, "rte", "loretta_adp", 0, 3e-3, 0.60, 99_194, "_lr3e-3", init="noise_reduction", model="mpnet")
+    # a changed setting (named in the variant) is its own row, beside MiniLM's ablation of the same setting,
+    # and stays out of the method's row and out of MiniLM's grid when MiniLM runs it in evidence_glue
+    record(runs, g, "sst2", "loretta_adp", 0, 3e-3, 0.92, 600_000, "_head-dense_lr3e-3", init="noise_reduction",
+           model="mpnet")
+    record(runs, "evidence_ablation", "sst2", "loretta_adp", 0, 3e-3, 0.79, 150_000, "_head-dense_lr3e-3",
+           init="noise_reduction")
+    record(runs, g, "sst2", "loretta_adp", 1, 3e-3, 0.99, 150_000, "_head-dense_lr3e-3", init="noise_reduction")
     proc = subprocess.run([sys.executable, "scripts/evidence_tables.py", "--results", str(runs)],
                           cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -167,3 +174,6 @@ def test_evidence_tables_keep_a_larger_encoder_out_of_minilms_tables_and_show_it
     assert "| mpnet | sst2 | loretta_adp | 0.003 | 99,194 | 0.33× | 88.0 | 77.0 | 2.0 | 0.1M | 95.3 |" in larger
     assert "| mpnet | rte | loretta_adp | 0.003 | 99,194 | — | 60.0 | — |" in larger  # no LoRA run on RTE
     assert larger.index("| sst2 | lora | 0.003") < larger.index("| sst2 | lora | 0.01") < larger.index("| rte |")
+    assert ("| mpnet | sst2 | loretta_adp (head-dense) | 0.003 | 600,000 | 2.02× | 92.0 | 89.0 ± 14.1 (2) | 2.0 | — | — |"
+            in larger)
+    assert "99.0" not in grid and "99.0" not in comparison
