@@ -23,13 +23,15 @@ from torch import nn
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
-# the dtype a module's parameters had before they became float32 masters (the one its forward computes in)
-_COMPUTE_DTYPE = "_loretta_compute_dtype"
+# on a module that keeps masters: (the dtype its forward computes in, the names of its own parameters
+# held in float32 for it)
+_MASTERS = "_loretta_masters"
 
 
 def compute_dtype(module: nn.Module) -> torch.dtype | None:
     """The dtype `module`'s forward computes in if it keeps float32 masters, else None."""
-    return module.__dict__.get(_COMPUTE_DTYPE)
+    entry = module.__dict__.get(_MASTERS)
+    return entry[0] if entry else None
 
 
 @contextmanager
@@ -37,15 +39,15 @@ def _parameters_in_compute_dtype(module: nn.Module):
     """For the duration, `module`'s own parameter slots hold its float32 masters cast to its compute
     dtype (as torch.func.functional_call fills them); the casts are in the graph, so gradients reach
     the masters."""
-    dtype = compute_dtype(module)
-    if dtype is None:
+    entry = module.__dict__.get(_MASTERS)
+    if entry is None:
         yield
         return
-    masters = dict(module._parameters)
+    dtype, names = entry
+    masters = {name: module._parameters[name] for name in names}
     try:
         for name, param in masters.items():
-            if param is not None:
-                module._parameters[name] = param.to(dtype)
+            module._parameters[name] = param.to(dtype)
         yield
     finally:
         module._parameters.update(masters)
@@ -73,39 +75,35 @@ class CastingForward:
             return self.inner(*args, **kwargs)
 
 
-def keep_float32_masters(module: nn.Module) -> bool:
-    """Make each submodule of `module` whose own parameters are float16 / bfloat16 keep them in float32
-    and compute in the dtype they had; returns whether any did. Idempotent."""
-    changed = False
-    for sub in module.modules():
-        own = [p for p in sub._parameters.values() if p is not None]
-        half = {p.dtype for p in own if p.dtype in HALF_DTYPES}
-        if not half or compute_dtype(sub) is not None:
-            continue
-        if len(half) > 1 or any(p.dtype not in HALF_DTYPES for p in own):
-            # one compute dtype per module: mixed parameters are the model's own arrangement, left alone
-            continue
-        for param in own:
-            param.data = param.data.float()
-        sub.__dict__[_COMPUTE_DTYPE] = half.pop()
-        current = sub.__dict__.get("forward")
-        if not getattr(current, "casts_master_weights", False):  # the norm recomputation casts itself
-            sub.forward = CastingForward(sub, inner=current)
-        changed = True
-    return changed
+def keep_float32_masters(module: nn.Module, names: list[str] | None = None) -> bool:
+    """Make `module` keep its own float16 / bfloat16 parameters `names` (default: all of them) in float32
+    and compute with them in the dtype they had; returns whether it changed anything. Idempotent."""
+    entry = module.__dict__.get(_MASTERS)
+    candidates = module._parameters if names is None else {n: module._parameters.get(n) for n in names}
+    half = {n: p for n, p in candidates.items() if p is not None and p.dtype in HALF_DTYPES}
+    dtypes = {p.dtype for p in half.values()} | ({entry[0]} if entry else set())
+    if not half or len(dtypes) > 1:
+        # nothing in half precision, or two of them: the model's own arrangement, left alone
+        return False
+    for param in half.values():
+        param.data = param.data.float()
+    module.__dict__[_MASTERS] = (dtypes.pop(), frozenset(half) | (entry[1] if entry else frozenset()))
+    current = module.__dict__.get("forward")
+    if entry is None and not getattr(current, "casts_master_weights", False):  # the norm recomputation casts itself
+        module.forward = CastingForward(module, inner=current)
+    return True
 
 
 def restore_dtypes(model: nn.Module) -> None:
     """Undo keep_float32_masters on every module of `model`: parameters back in their compute dtype, the
-    class's forward (unload returns a stock model)."""
+    forward they had (unload returns a stock model)."""
     for module in model.modules():
-        dtype = compute_dtype(module)
-        if dtype is None:
+        entry = module.__dict__.pop(_MASTERS, None)
+        if entry is None:
             continue
-        for param in module._parameters.values():
-            if param is not None:
-                param.data = param.data.to(dtype)
-        del module.__dict__[_COMPUTE_DTYPE]
+        dtype, names = entry
+        for name in names:
+            module._parameters[name].data = module._parameters[name].data.to(dtype)
         current = module.__dict__.get("forward")
         if isinstance(current, CastingForward):
             if current.inner is None:

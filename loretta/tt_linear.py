@@ -172,6 +172,9 @@ class TTLinear(nn.Module):
 
     forward (FORWARD_MODES): how forward() multiplies, see the module docstring; it changes the
     arithmetic, not the map (the two agree within fp32 rounding).
+
+    dense_dtype: the dtype of the nn.Linear that `to_dense_linear` gives (a tensorized head unloads to
+    a layer like the one it replaced, in the model's dtype); default the cores' (float32).
     """
 
     def __init__(
@@ -186,6 +189,7 @@ class TTLinear(nn.Module):
         device=None,
         subtract_initial: bool = True,
         forward: str = "auto",
+        dense_dtype: torch.dtype | None = None,
     ):
         super().__init__()
         if not isinstance(rank, int) or rank < 1:
@@ -207,6 +211,7 @@ class TTLinear(nn.Module):
                 f"{list(shape)} for {in_features}x{out_features} do not: use 'auto' or 'matrix', or such a shape"
             )
         self.forward_mode = forward
+        self.dense_dtype = dense_dtype or dtype
         ranks = [1] + [rank] * (len(shape) - 1) + [1]
         self.cores = nn.ParameterList(
             nn.Parameter(torch.empty(ranks[i], k, ranks[i + 1], dtype=dtype, device=device))
@@ -353,7 +358,7 @@ class TTLinear(nn.Module):
         with torch.no_grad():
             weight = self.weight_matrix()
             linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
-            linear.to(device=weight.device, dtype=weight.dtype)
+            linear.to(device=weight.device, dtype=self.dense_dtype)
             linear.weight.copy_(weight.t())
             if self.bias is not None:
                 linear.bias.copy_(self.bias)

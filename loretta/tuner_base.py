@@ -101,14 +101,19 @@ class LorettaTunerBase(BaseTuner):
     def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
         # PeftModel calls this after adding an adapter (and before loading its weights). PEFT upcasts
         # adapter layers' half-precision weights; LoRETTA's own are float32 already, but the modules
-        # trained whole (layer norms, classification head, modules_to_save) would train in the base
-        # model's dtype, where bf16 norm weights never move: they keep float32 masters instead.
+        # trained whole (layer norms, classification head, modules_to_save) and, with bias="all", the
+        # base model's biases would train in its dtype, where bf16 norm weights never move: they keep
+        # float32 masters instead.
         super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
         if not autocast_adapter_dtype:
             return
-        for module in self.model.modules():
+        for name, module in self.model.named_modules():
             if isinstance(module, ModulesToSaveWrapper) and adapter_name in module.modules_to_save:
-                keep_float32_masters(module.modules_to_save[adapter_name])
+                for sub in module.modules_to_save[adapter_name].modules():
+                    keep_float32_masters(sub)
+            elif (self.peft_config[adapter_name].bias == "all" and _unwrapped_name(name) == name
+                  and getattr(module._parameters.get("bias"), "requires_grad", False)):
+                keep_float32_masters(module, ["bias"])  # the base model's biases, trained in place
 
     def _prepare_adapter_config(self, peft_config, model_config):
         # Defaults are resolved in _prepare_model, where the model is at hand for error messages.
@@ -197,6 +202,7 @@ class LorettaTunerBase(BaseTuner):
                     init="gaussian",
                     device=module.weight.device,
                     forward=peft_config.tt_forward,
+                    dense_dtype=module.weight.dtype,
                 )
                 setattr(parent, child, tt)
         # The head's parent (pooler / classification head) is trained and saved as a whole: with a

@@ -178,3 +178,55 @@ def test_fp16_model_steps_with_a_grad_scaler(method):
     scaler.step(opt)
     scaler.update()
     assert all(not torch.equal(b, p) for b, p in zip(before, trainable) if p.grad is not None and p.grad.any())
+
+
+@pytest.mark.parametrize("method", ["adp", "rep"])
+@pytest.mark.parametrize("family", ["bert", "opt"])
+def test_bias_all_trains_the_base_biases_in_float32_with_the_forward_unchanged(family, method):
+    masters, plain = _pair(family, method, "SEQ_CLS", bias="all")
+    base = {n: p for n, p in masters.named_parameters()
+            if not any(part in n for part in ("loretta_", ".modules_to_save.", ".original_module."))}
+    assert any(n.endswith(".bias") and p.requires_grad for n, p in base.items()), "the base biases train in place"
+    assert {p.dtype for p in masters.parameters() if p.requires_grad} == {torch.float32}
+    # the weights beside them stay as they are
+    assert {p.dtype for p in base.values() if not p.requires_grad} == {torch.bfloat16}
+    batch = tiny_batch(masters) | {"labels": torch.tensor([0, 1])}
+    out, grads = _loss_and_grads(masters, batch)
+    plain_out, plain_grads = _loss_and_grads(plain, batch)
+    assert torch.equal(out.logits, plain_out.logits)
+    for name, grad in grads.items():
+        assert torch.equal(grad, plain_grads[name].to(grad.dtype)), name
+    unloaded = masters.unload()
+    assert {p.dtype for p in unloaded.parameters()} == {torch.bfloat16}
+    assert not any(compute_dtype(m) or "forward" in m.__dict__ for m in unloaded.modules())
+
+
+@pytest.mark.parametrize("method", ["adp", "rep"])
+def test_masters_give_the_same_gradients_under_gradient_checkpointing(method):
+    masters, _ = _pair("llama", method, "CAUSAL_LM")
+    batch = tiny_batch(masters)
+    _, grads = _loss_and_grads(masters, batch)
+    grads = {n: g.clone() for n, g in grads.items()}
+    masters.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    _, checkpointed = _loss_and_grads(masters, batch)
+    for name, grad in grads.items():
+        assert torch.equal(checkpointed[name], grad), name
+
+
+@pytest.mark.parametrize("method", ["adp", "rep"])
+@pytest.mark.parametrize("family", ["bert", "roberta", "deberta"])
+def test_a_half_precision_model_with_a_tensorized_head_unloads_to_one_that_runs(family, method):
+    # the dense layer a TT head unloads to was float32 (the cores' dtype), and a bf16 model failed
+    # with "mat1 and mat2 must have the same dtype" at its first forward after unload()
+    masters, _ = _pair(family, method, "SEQ_CLS")
+    batch = tiny_batch(masters)
+    masters.eval()
+    with torch.no_grad():
+        expected = masters(**batch).logits
+    unloaded = masters.merge_and_unload() if method == "rep" else masters.unload()
+    assert {p.dtype for p in unloaded.parameters()} == {torch.bfloat16}
+    with torch.no_grad():
+        logits = unloaded(**batch).logits
+    assert logits.dtype == torch.bfloat16
+    if method == "rep":  # everything merged into the model: the same function, up to bf16 rounding
+        torch.testing.assert_close(logits, expected, rtol=0.05, atol=0.05)
