@@ -1,13 +1,14 @@
-"""Modules trained whole in a half-precision model keep float32 master weights.
+"""What LoRETTA trains of a half-precision model itself keeps float32 master weights.
 
 A bf16 LLaMA's RMSNorm weights are close to 1.0, where consecutive bf16 numbers are 2^-7 apart:
 AdamW's steps at fine-tuning learning rates (~1e-3 and below) round away, and trained in bf16 the
 norms never change (measured: not one of a tiny LLaMA's norms moved in five steps at lr 1e-3).
 PEFT upcasts its own adapter weights for this reason (`autocast_adapter_dtype`, on by default), but
-not the modules it trains whole: LoRETTA's layer norms and classification head. Here each such
-module keeps its own parameters in float32 and runs its forward with them cast to the dtype they
-had, so the forward computes what it did (same dtype, same values) and the optimizer updates the
-float32 numbers, as mixed-precision training does for any weight.
+not the modules it trains whole (LoRETTA's layer norms and classification head) nor, with
+bias="all", the model's biases. Here each such module keeps those parameters in float32 and runs its
+forward with them cast to the dtype they had, so the forward computes what it did (same dtype, same
+values) and the optimizer updates the float32 numbers, as mixed-precision training does for any
+weight.
 
 The cast is set up for the forward as an instance attribute (as norm_recompute does), so state
 dicts and module names do not change; `run_forward` is the class's forward with the cast, which the
