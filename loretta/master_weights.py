@@ -11,8 +11,8 @@ values) and the optimizer updates the float32 numbers, as mixed-precision traini
 weight.
 
 The cast is set up for the forward as an instance attribute (as norm_recompute does), so state
-dicts and module names do not change; `run_forward` is the class's forward with the cast, which the
-norm recomputation also calls, so that its recomputed forward differentiates the float32 masters.
+dicts and module names do not change. It wraps whatever forward the module had: a recomputed norm
+(norm_recompute) then saves and recomputes with the cast weights, so each is cast once a step.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+from .parameter_slots import parameters_replaced
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -37,42 +39,30 @@ def compute_dtype(module: nn.Module) -> torch.dtype | None:
 
 @contextmanager
 def _parameters_in_compute_dtype(module: nn.Module):
-    """For the duration, `module`'s own parameter slots hold its float32 masters cast to its compute
-    dtype (as torch.func.functional_call fills them); the casts are in the graph, so gradients reach
-    the masters."""
+    """For the duration, `module`'s master parameters are cast to its compute dtype in their slots; the
+    casts are in the graph, so gradients reach the masters."""
     entry = module.__dict__.get(_MASTERS)
     if entry is None:
         yield
         return
     dtype, names = entry
-    masters = {name: module._parameters[name] for name in names}
-    try:
-        for name, param in masters.items():
-            module._parameters[name] = param.to(dtype)
+    with parameters_replaced(module, {name: module._parameters[name].to(dtype) for name in names}):
         yield
-    finally:
-        module._parameters.update(masters)
-
-
-def run_forward(module: nn.Module, *args, **kwargs):
-    """The class's forward of `module`, computing in its compute dtype if it keeps float32 masters."""
-    with _parameters_in_compute_dtype(module):
-        return type(module).forward(module, *args, **kwargs)
 
 
 class CastingForward:
-    """Stands in for one module's `forward` (an instance attribute): the forward it had (the class's,
-    or an instance forward set before, such as a device hook), inside the cast. A plain callable
-    object, so that deep copies rebind it to the copy."""
+    """Stands in for one module's `forward` (an instance attribute): the forward it had (the class's, or
+    an instance forward set before: a recomputed norm, a device hook), inside the cast. A plain
+    callable object, so that deep copies rebind it to the copy."""
 
     def __init__(self, module: nn.Module, inner=None):
         self.module = module
         self.inner = inner
 
     def __call__(self, *args, **kwargs):
-        if self.inner is None:
-            return run_forward(self.module, *args, **kwargs)
         with _parameters_in_compute_dtype(self.module):
+            if self.inner is None:
+                return type(self.module).forward(self.module, *args, **kwargs)
             return self.inner(*args, **kwargs)
 
 
@@ -89,9 +79,8 @@ def keep_float32_masters(module: nn.Module, names: list[str] | None = None) -> b
     for param in half.values():
         param.data = param.data.float()
     module.__dict__[_MASTERS] = (dtypes.pop(), frozenset(half) | (entry[1] if entry else frozenset()))
-    current = module.__dict__.get("forward")
-    if entry is None and not getattr(current, "casts_master_weights", False):  # the norm recomputation casts itself
-        module.forward = CastingForward(module, inner=current)
+    if entry is None:
+        module.forward = CastingForward(module, inner=module.__dict__.get("forward"))
     return True
 
 

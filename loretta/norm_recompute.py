@@ -17,64 +17,65 @@ import contextlib
 import torch
 from torch import nn
 
-from .master_weights import run_forward
+from .parameter_slots import parameters_replaced
 
 
 class _RecomputedForward(torch.autograd.Function):
+    """The norm's forward without a graph; in the backward, the forward again with the same input and
+    the same parameter tensors (those in its slots at the forward: the parameters, or what a caller
+    put there, such as master_weights' casts), and their gradients."""
+
     @staticmethod
-    def forward(ctx, module: nn.Module, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        ctx.module = module
+    def forward(ctx, module: nn.Module, names: tuple[str, ...], x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        ctx.module, ctx.names = module, names
         device_type = x.device.type
         # devices without autocast (the meta device of shape and FLOP dry runs) recompute without it
         ctx.autocast = ((device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
                         if torch.amp.is_autocast_available(device_type) else None)
         ctx.save_for_backward(x, *params)
         with torch.no_grad():
-            return run_forward(module, x)
+            return type(module).forward(module, x)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         x, *params = ctx.saved_tensors
-        x_needs_grad = ctx.needs_input_grad[1]
-        x = x.detach().requires_grad_(x_needs_grad)
+        needs_grad = ctx.needs_input_grad[2:]
+        x, *params = (t.detach().requires_grad_(needed) for t, needed in zip([x, *params], needs_grad))
         # the forward ran under the caller's autocast state; the recomputation must too
         if ctx.autocast is None:
             autocast = contextlib.nullcontext()
         else:
             device_type, autocast_enabled, autocast_dtype = ctx.autocast
             autocast = torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_enabled)
-        with torch.enable_grad(), autocast:
-            output = run_forward(ctx.module, x)
-        inputs = ([x] if x_needs_grad else []) + params
-        grads = list(torch.autograd.grad(output, inputs, grad_output, allow_unused=True))
-        x_grad = grads.pop(0) if x_needs_grad else None
-        return (None, x_grad, *grads)
+        with torch.enable_grad(), autocast, parameters_replaced(ctx.module, dict(zip(ctx.names, params))):
+            output = type(ctx.module).forward(ctx.module, x)
+        inputs = [t for t, needed in zip([x, *params], needs_grad) if needed]
+        grads = iter(torch.autograd.grad(output, inputs, grad_output, allow_unused=True))
+        return (None, None, *(next(grads) if needed else None for needed in needs_grad))
 
 
 class RecomputingNormForward:
     """Stands in for one norm module's `forward` (set as an instance attribute). A plain callable
     object rather than a bound method, so that deep copies (PEFT copies each norm it trains) rebind
-    it to the copy and pickling works. Its forward is `master_weights.run_forward`, so that a norm
-    with float32 master weights recomputes (and differentiates) with them."""
-
-    casts_master_weights = True
+    it to the copy and pickling works."""
 
     def __init__(self, module: nn.Module):
         self.module = module
 
     def __call__(self, *args, **kwargs):
         module = self.module
-        params = [p for p in module.parameters() if p.requires_grad]
+        named = list(module.named_parameters())
         x = args[0] if len(args) == 1 and not kwargs else None
-        if (not params or not torch.is_grad_enabled() or not isinstance(x, torch.Tensor)
-                or torch.compiler.is_compiling()):
+        if (not any(p.requires_grad for _, p in named) or not torch.is_grad_enabled()
+                or not isinstance(x, torch.Tensor) or torch.compiler.is_compiling()):
             # frozen (e.g. the original module PEFT keeps for disable_adapter), inference, a
             # signature other than forward(x): the class's own forward, unchanged. Also under
             # torch.compile, which cannot trace the autograd.grad of the backward (a graph break at
             # every norm) and whose partitioner already recomputes cheap elementwise ops like norms
             # in the backward rather than saving them
-            return run_forward(module, *args, **kwargs)
-        return _RecomputedForward.apply(module, x, *params)
+            return type(module).forward(module, *args, **kwargs)
+        names, params = zip(*named)
+        return _RecomputedForward.apply(module, names, x, *params)
 
 
 # Norms whose forward is one fused kernel that keeps its input and per-row statistics whether or not

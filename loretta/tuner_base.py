@@ -233,8 +233,8 @@ class LorettaTunerBase(BaseTuner):
                 parent_name, _, child = name.rpartition(".")
                 parent = model.get_submodule(parent_name) if parent_name else model
                 setattr(parent, child, module.to_dense_linear())
+        restore_dtypes(model)  # first: a recomputed norm's forward is inside the masters' cast
         restore_forward(model)
-        restore_dtypes(model)
         handle = getattr(model, _REBUILD_HOOK, None)
         if handle is not None:
             handle.remove()
