@@ -142,8 +142,11 @@ class LorettaTunerBase(BaseTuner):
             self._add_modules_to_save(peft_config, norms)
             if peft_config.recompute_layer_norms:
                 # patched before PEFT copies each norm into its ModulesToSaveWrapper: the copies (the
-                # trained ones) inherit it; the frozen originals run their forward unchanged
+                # trained ones) inherit it; the frozen originals run their forward unchanged. Another
+                # adapter's copies are set up already (their forward may be inside master_weights' cast)
                 for name in norms:
+                    if ".modules_to_save." in f"{name}.":
+                        continue
                     if saves_memory_when_recomputed(model.get_submodule(name)):
                         recompute_in_backward(model.get_submodule(name))
 

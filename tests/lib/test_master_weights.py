@@ -133,12 +133,31 @@ def test_switched_off_by_autocast_adapter_dtype_false_and_inactive_on_float32_mo
         assert not any(isinstance(m.__dict__.get("forward"), CastingForward) or compute_dtype(m) for m in model.modules())
 
 
-def test_second_adapter_gets_its_own_masters_and_the_frozen_original_stays_bf16():
-    masters, _ = _pair("llama", "rep", "SEQ_CLS")
-    masters.add_adapter("other", CONFIGS["rep"]("SEQ_CLS"))
+@pytest.mark.parametrize("method", ["adp", "rep"])
+def test_a_second_adapter_gets_its_own_masters_and_mixed_batches_run_each_in_bf16(method):
+    masters, _ = _pair("llama", method, "SEQ_CLS")
+    masters.add_adapter("other", CONFIGS[method]("SEQ_CLS"))
     wrapper = masters.base_model.model.model.norm
     assert wrapper.original_module.weight.dtype == torch.bfloat16
-    assert {wrapper.modules_to_save[a].weight.dtype for a in ("default", "other")} == {torch.float32}
+    x = torch.randn(2, 8, 64, dtype=torch.bfloat16)
+    for name in ("default", "other"):  # adding one adapter leaves the other's copies as they were
+        copy_ = wrapper.modules_to_save[name]
+        assert copy_.weight.dtype == torch.float32 and copy_(x).dtype == torch.bfloat16, name
+    with torch.no_grad():
+        for param in _whole_trained(masters).values():
+            param.add_(0.1 * torch.randn_like(param))  # adapters that differ
+    masters.eval()
+    batch = tiny_batch(masters, batch=3)
+    with torch.no_grad():
+        mixed = masters(**batch, adapter_names=["default", "other", "__base__"]).logits
+        alone = []
+        for name in ("default", "other"):
+            masters.set_adapter(name)
+            alone.append(masters(**batch).logits)
+        with masters.disable_adapter():
+            alone.append(masters(**batch).logits)
+    for row, logits in enumerate(alone):
+        assert torch.equal(mixed[row], logits[row]), row
 
 
 def test_an_instance_forward_set_before_runs_inside_the_cast_and_is_given_back():
