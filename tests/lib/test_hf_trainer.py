@@ -58,3 +58,21 @@ def test_trainer_trains_checkpoints_the_adapter_and_resumes_exactly(tmp_path, me
     assert [after[s] for s in range(5, 9)] == pytest.approx([losses[s] for s in range(5, 9)], rel=1e-5)
     for name, value in resumed.model.state_dict().items():
         torch.testing.assert_close(value, full.model.state_dict()[name], msg=name)
+
+
+@pytest.mark.parametrize("method", ["adp", "rep"])
+def test_trainer_with_bf16_trains_the_layer_norms_of_a_bf16_model(method, tmp_path):
+    # the common recipe: a model loaded in bf16, Trainer(bf16=True). Without float32 masters (PEFT's
+    # autocast_adapter_dtype=False) the norms' AdamW steps round away in bf16 and none of them moves
+    moved = {}
+    for masters in (True, False):
+        args = TrainingArguments(output_dir=str(tmp_path / str(masters)), per_device_train_batch_size=4,
+                                 num_train_epochs=1, learning_rate=1e-3, save_strategy="no", report_to=[],
+                                 bf16=True, use_cpu=True, disable_tqdm=True, seed=0)
+        model = get_peft_model(tiny_model("llama", task="SEQ_CLS").to(torch.bfloat16), CONFIGS[method](),
+                               autocast_adapter_dtype=masters)
+        norms = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad and "norm" in n}
+        Trainer(model=model, args=args, train_dataset=RandomPairs()).train()
+        params = dict(model.named_parameters())
+        moved[masters] = sum(not torch.equal(before, params[n]) for n, before in norms.items()) / len(norms)
+    assert moved == {True: 1.0, False: 0.0}
