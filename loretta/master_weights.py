@@ -69,18 +69,18 @@ class CastingForward:
 def keep_float32_masters(module: nn.Module, names: list[str] | None = None) -> bool:
     """Make `module` keep its own float16 / bfloat16 parameters `names` (default: all of them) in float32
     and compute with them in the dtype they had; returns whether it changed anything. Idempotent."""
-    entry = module.__dict__.get(_MASTERS)
+    if compute_dtype(module) is not None:
+        return False
     candidates = module._parameters if names is None else {n: module._parameters.get(n) for n in names}
     half = {n: p for n, p in candidates.items() if p is not None and p.dtype in HALF_DTYPES}
-    dtypes = {p.dtype for p in half.values()} | ({entry[0]} if entry else set())
-    if not half or len(dtypes) > 1:
+    dtypes = {p.dtype for p in half.values()}
+    if len(dtypes) != 1:
         # nothing in half precision, or two of them: the model's own arrangement, left alone
         return False
     for param in half.values():
         param.data = param.data.float()
-    module.__dict__[_MASTERS] = (dtypes.pop(), frozenset(half) | (entry[1] if entry else frozenset()))
-    if entry is None:
-        module.forward = CastingForward(module, inner=module.__dict__.get("forward"))
+    module.__dict__[_MASTERS] = (dtypes.pop(), frozenset(half))
+    module.forward = CastingForward(module, inner=module.__dict__.get("forward"))
     return True
 
 

@@ -82,7 +82,8 @@ def minutes(group: list[dict]) -> str:
 
 def setting_of(record: dict) -> str:
     """What a run changed beyond the lr, from its variant name ("_head-dense_lr3e-3" -> "head-dense")."""
-    return "_".join(part for part in record.get("variant", "").strip("_").split("_") if part and not part.startswith("lr"))
+    parts = record.get("variant", "").strip("_").split("_")
+    return "_".join(part for part in parts if part and not part.startswith("lr"))
 
 
 def is_base_setting(record: dict) -> bool:
@@ -192,7 +193,8 @@ def ablations(records: list[dict], task: str = "sst2") -> str:
     for (method, init, lr, variant, params), group in sorted(rows.items(), key=lambda kv: (order_key(kv[0][0]), kv[0][1:4])):
         seeds = {r["seed"] for r in group}
         baseline = [score(r) for r in base.get((method, init, lr), []) if r["seed"] in seeds]
-        lines.append(f"| {method} | {init} | {lr:g} | {setting_of(group[0])} | {params:,} | {fmt([score(r) for r in group])} | "
+        lines.append(f"| {method} | {init} | {lr:g} | {setting_of(group[0])} | {params:,} | "
+                     f"{fmt([score(r) for r in group])} | "
                      f"{fmt(baseline)} |")
     return "\n".join(lines)
 
@@ -228,7 +230,8 @@ def larger_encoders(records: list[dict], paper: dict) -> str:
                 # the paper's entry is for the method as configured, not for a changed setting
                 paper_score = None if setting else paper_deberta(paper, method, task)
                 paper_params = "—" if setting else millions(paper_deberta(paper, method, "params"))
-                lines.append(f"| {model} | {task} | {method}{f' ({setting})' if setting else ''} | {lr:g} | {params:,} | "
+                named = f"{method} ({setting})" if setting else method
+                lines.append(f"| {model} | {task} | {named} | {lr:g} | {params:,} | "
                              f"{f'{params / lora[0]:.2f}×' if lora else '—'} | {fmt([score(r) for r in group])} | "
                              f"{fmt([score(r) for r in minilm.get((method, init, lr, setting), [])])} | "
                              f"{minutes(group)} | {paper_params} | "

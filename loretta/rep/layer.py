@@ -33,7 +33,7 @@ class LorettaRepLayer(LorettaLayerBase):
         self.loretta_rep_dropout = nn.ModuleDict()
         self.r: dict[str, int] = {}
         self.scaling: dict[str, float] = {}
-        # per adapter: (dtype, A^T, B * scaling) built for the whole model at once (factors_together)
+        # per adapter: (dtype, A^T, B * scaling, the cores' state) built for the whole model at once (factors_together)
         self._held_factors: dict[str, tuple] = {}
         self.update_layer(adapter_name, config)
 
