@@ -140,6 +140,11 @@ class LorettaRepLayer(LorettaLayerBase):
             for (layer, name), a_i, b_i in zip(group, a_t.unbind(0), b_scaled.unbind(0)):
                 layer._held_factors[name] = (cast, a_i, b_i, layer._factors_state(name))
 
+    def delete_adapter(self, adapter_name: str) -> None:
+        # the held factors of a deleted adapter would keep its tensors (and their graph) alive
+        self._held_factors.pop(adapter_name, None)
+        super().delete_adapter(adapter_name)
+
     def __getstate__(self):
         # copies (deepcopy, pickle) build their own: held factors may carry an autograd graph
         state = dict(super().__getstate__())

@@ -274,6 +274,9 @@ def test_several_named_adapters(method):
     torch.testing.assert_close(_logits(model, batch), first)
     model.delete_adapter("second")
     torch.testing.assert_close(_logits(model, batch), first)
+    # nothing of the deleted adapter stays behind (LoRETTA_rep's factors put together for the model)
+    held = [name for m in model.modules() for name in getattr(m, "_held_factors", {})]
+    assert "second" not in held and (method == "adp" or "default" in held)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "roberta", "deberta", "bert"])
