@@ -97,6 +97,10 @@ class LorettaAdpLayer(LorettaLayerBase):
                 out = out.index_add(0, index, self._adapter(name, out[index]))
         return out
 
+    def delete_adapter(self, adapter_name: str) -> None:
+        self._activation_fn.pop(adapter_name, None)  # not one of PEFT's per-adapter containers
+        super().delete_adapter(adapter_name)
+
     def merge(self, safe_merge: bool = False, adapter_names=None) -> None:
         raise ValueError(
             "LoRETTA_adp is a non-linear adapter and cannot be merged into the base weights; "

@@ -277,6 +277,7 @@ def test_several_named_adapters(method):
     # nothing of the deleted adapter stays behind (LoRETTA_rep's factors put together for the model)
     held = [name for m in model.modules() for name in getattr(m, "_held_factors", {})]
     assert "second" not in held and (method == "adp" or "default" in held)
+    assert not any("second" in getattr(m, "_activation_fn", {}) for m in model.modules())
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "roberta", "deberta", "bert"])
