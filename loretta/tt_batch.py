@@ -62,6 +62,8 @@ def rebuild_together(layers: list[TTLinear], dtypes: list[torch.dtype | None] | 
         if len(group) < 2:
             continue  # nothing to share: the layer rebuilds its own
         factors = group[0].multiplies_by_factors(group[0].cores[0].device)
+        if all(layer.holds_current("factors" if factors else "matrix", dtype) for layer in group):
+            continue  # a forward without a graph, cores unchanged (generation: every new token)
         parts = _stacked(group, factors)
         casts = [None] * len(group)
         if dtype is not None and dtype != parts[0].dtype:  # e.g. fp32 cores in a bf16 model: cast once
@@ -72,22 +74,39 @@ def rebuild_together(layers: list[TTLinear], dtypes: list[torch.dtype | None] | 
             layer.hold("factors" if factors else "matrix", operands, cast)
 
 
+# the model's LoRETTA tuner layers, found once rather than by walking every module at every forward
+# (each token of generate); inject_adapter, the only place that creates them, forgets the list
+_TUNER_LAYERS = "_loretta_tuner_layers"
+
+
+def forget_tuner_layers(model) -> None:
+    model.__dict__.pop(_TUNER_LAYERS, None)
+
+
+def _tuner_layers(model) -> list:
+    from .layer_base import LorettaLayerBase
+
+    layers = model.__dict__.get(_TUNER_LAYERS)
+    if layers is None:
+        layers = [module for module in model.modules() if isinstance(module, LorettaLayerBase)]
+        model.__dict__[_TUNER_LAYERS] = layers
+    return layers
+
+
 def rebuild_before_forward(model, args) -> None:
     """Forward pre-hook on the adapted model: rebuild the active adapters' TT layers together. The
     matrices stay held after the forward: a checkpointed layer recomputed in the backward pass must
     see the same ones. They give way when the cores change (an optimizer step) or the next forward
-    rebuilds."""
+    rebuilds; a forward that wants no graph (evaluation, each token of generate) reuses them while
+    the cores stay as they are."""
     if torch.compiler.is_compiling():
         return  # compiled, the rebuilds are part of the graph
-    from .layer_base import LorettaLayerBase
-
     layers, dtypes, by_type = [], [], defaultdict(list)
-    for module in model.modules():
-        if isinstance(module, LorettaLayerBase):
-            found = module.active_tt_layers()
-            layers += found
-            dtypes += [module.activation_dtype()] * len(found)
-            by_type[type(module)].append(module)
+    for module in _tuner_layers(model):
+        found = module.active_tt_layers()
+        layers += found
+        dtypes += [module.activation_dtype()] * len(found)
+        by_type[type(module)].append(module)
     rebuild_together(layers, dtypes)
     for layer_type, modules in by_type.items():
         layer_type.factors_together(modules)

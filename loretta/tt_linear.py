@@ -127,7 +127,7 @@ class FrozenCores(nn.Module):
         self._cache = None
 
     def tensors(self) -> list[torch.Tensor]:
-        return [getattr(self, str(i)) for i in range(len(self._buffers))]
+        return list(self._buffers.values())  # registered in order "0", "1", ...; .to() and loading keep it
 
     def _cached(self, what: str, build):
         cores = self.tensors()
@@ -272,10 +272,15 @@ class TTLinear(nn.Module):
                 self.multiplies_by_factors(core.device), core.dtype, core.device)
 
     def _state_key(self) -> tuple:
-        # in-place updates (optimizer steps, load_state_dict) bump _version; .to() changes data_ptr
-        frozen = self.initial_cores.tensors() if self.initial_cores is not None else []
-        bias = [self.bias] if self.bias is not None else []
-        return tuple((t.data_ptr(), t._version) for t in (*self.cores, *frozen, *bias))
+        # in-place updates (optimizer steps, load_state_dict) bump _version; .to() changes data_ptr.
+        # Checked for every TT layer at every forward (each token of generate): the dicts are read
+        # directly, ParameterList's indexing costs more than the check itself.
+        tensors = list(self.cores._parameters.values())
+        if self.initial_cores is not None:
+            tensors += self.initial_cores._buffers.values()
+        if self.bias is not None:
+            tensors.append(self.bias)
+        return tuple((t.data_ptr(), t._version) for t in tensors)
 
     def hold(self, form: str, operands, cast: tuple | None = None) -> None:
         """Use `operands` as this layer's weight_matrix() (form "matrix") or factors() (form
@@ -292,6 +297,20 @@ class TTLinear(nn.Module):
             self._held = None
             return None
         return (operands, cast) if held_form == form else None
+
+    def holds_current(self, form: str, dtype: torch.dtype | None) -> bool:
+        """Whether this layer holds its `form` ("matrix" or "factors") for the cores as they are, cast to
+        `dtype` where that differs from the cores' (None: uncast), and usable now: built with a graph
+        that is still to be used would be reused by a second backward pass, so this is only for
+        forwards that want no graph (evaluation, generation)."""
+        if torch.is_grad_enabled() and self.cores[0].requires_grad:
+            return False
+        held = self._valid_held(form)
+        if held is None:
+            return False
+        operands, cast = held
+        first = operands if form == "matrix" else operands[0]
+        return dtype is None or first.dtype == dtype or (cast is not None and cast[0] == dtype)
 
     def _held_matrix(self) -> torch.Tensor | None:
         held = self._valid_held("matrix")

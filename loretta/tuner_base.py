@@ -94,6 +94,7 @@ class LorettaTunerBase(BaseTuner):
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, *args, **kwargs) -> None:
         super().inject_adapter(model, adapter_name, *args, **kwargs)
+        tt_batch.forget_tuner_layers(model)  # new tuner layers, maybe
         if getattr(model, _REBUILD_HOOK, None) is None:  # one hook, however many adapters
             setattr(model, _REBUILD_HOOK, model.register_forward_pre_hook(tt_batch.rebuild_before_forward))
         _warn_unused_tt_shapes(self.peft_config[adapter_name].tt_shapes, model)
@@ -242,6 +243,7 @@ class LorettaTunerBase(BaseTuner):
         if handle is not None:
             handle.remove()
             delattr(model, _REBUILD_HOOK)
+        tt_batch.forget_tuner_layers(model)
         return model
 
     def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key, **kwargs):

@@ -7,14 +7,18 @@
 # installs them for this run only (pip --target a temporary folder, first on PYTHONPATH) when .whl/ is there.
 # writes, under $OUT (default results/bench): gpu.txt (hardware and versions), <preset>.md and
 # <preset>.json from scripts/bench_methods.py, activation_memory_<preset>.md from
-# scripts/activation_memory.py. Copy them into results/bench/ and the README's speed section.
-# PRESETS, ROUNDS, METHODS and WHEELS (default .whl) override the defaults; `PRESETS=tiny-cpu` smoke-tests it on a CPU (tests do).
+# scripts/activation_memory.py, and last (so a run cut short keeps the rest) generate_<preset>.md /
+# .json from scripts/bench_generate.py. Copy them into results/bench/ and the README's speed section.
+# PRESETS, GENERATE_PRESETS, ROUNDS, METHODS, GENERATE_METHODS and WHEELS (default .whl) override the
+# defaults; `PRESETS=tiny-cpu GENERATE_PRESETS=tiny-cpu` smoke-tests it on a CPU (tests do).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-results/bench}"
 PRESETS="${PRESETS:-deberta-base-gpu llama2-7b-gpu}"
 ROUNDS="${ROUNDS:-2}"
 METHODS="${METHODS:-floor ft lora ia3 adapters loretta_adp loretta_rep loretta_adp_factors loretta_adp_stored_norms loretta_rep_stored_norms}"
+GENERATE_PRESETS="${GENERATE_PRESETS:-llama2-7b-gpu}"
+GENERATE_METHODS="${GENERATE_METHODS:-base lora loretta_adp loretta_rep loretta_rep_merged}"
 PY="${PYTHON:-python3}"
 WHEELS="${WHEELS:-.whl}"
 from_wheels=()
@@ -44,4 +48,12 @@ for preset in $PRESETS; do
     mv "$OUT/activation_memory_$preset.md.tmp" "$OUT/activation_memory_$preset.md"
     echo "$preset: $(( $(date +%s) - start )) s" | tee -a "$OUT/gpu.txt"
     cat "$OUT/$preset.md"
+done
+for preset in $GENERATE_PRESETS; do
+    start=$(date +%s)
+    "$PY" scripts/bench_generate.py --preset "$preset" --rounds "$ROUNDS" --steps 2 --methods $GENERATE_METHODS \
+        --out "$OUT/generate_$preset.json" > "$OUT/generate_$preset.md.tmp"
+    mv "$OUT/generate_$preset.md.tmp" "$OUT/generate_$preset.md"
+    echo "generate $preset: $(( $(date +%s) - start )) s" | tee -a "$OUT/gpu.txt"
+    cat "$OUT/generate_$preset.md"
 done

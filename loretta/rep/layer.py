@@ -95,7 +95,14 @@ class LorettaRepLayer(LorettaLayerBase):
         return a_t.to(dtype), (b * self.scaling[name]).to(dtype)
 
     def _factors_state(self, name: str) -> tuple:
-        return self.loretta_rep_A[name]._state_key(), self.loretta_rep_B[name]._state_key()
+        return self.loretta_rep_A[name]._state_key(), self.loretta_rep_B[name]._state_key(), self.scaling[name]
+
+    def _holds_current_factors(self, name: str, dtype: torch.dtype) -> bool:
+        """Whether the held factors of `name` serve a forward that wants no graph, as TTLinear.holds_current."""
+        if torch.is_grad_enabled() and self.loretta_rep_A[name].cores[0].requires_grad:
+            return False
+        held = self._valid_held_factors(name)
+        return held is not None and held[0] == dtype
 
     def _valid_held_factors(self, name: str):
         held = self._held_factors.get(name)
@@ -126,6 +133,9 @@ class LorettaRepLayer(LorettaLayerBase):
         for (_, _, scaling, dtype), group in groups.items():
             if len(group) < 2:
                 continue  # nothing to share
+            cast = dtype if dtype is not None else group[0][0].loretta_rep_A[group[0][1]].cores[0].dtype
+            if all(layer._holds_current_factors(name, cast) for layer, name in group):
+                continue  # a forward without a graph, cores unchanged (generation: every new token)
             pairs = [(layer.loretta_rep_A[name], layer.loretta_rep_B[name]) for layer, name in group]
             stacked = [torch.stack([a.weight_matrix() for a, _ in pairs]),  # G x in x r
                        torch.stack([b.weight_matrix() for _, b in pairs])]  # G x r x out
@@ -135,7 +145,6 @@ class LorettaRepLayer(LorettaLayerBase):
                                 torch.stack([b.negated_initial_matrix() for _, b in pairs])]
             a_t, b = _lora_factors(*stacked)
             b_scaled = b * scaling
-            cast = dtype if dtype is not None else a_t.dtype
             a_t, b_scaled = a_t.to(cast), b_scaled.to(cast)
             for (layer, name), a_i, b_i in zip(group, a_t.unbind(0), b_scaled.unbind(0)):
                 layer._held_factors[name] = (cast, a_i, b_i, layer._factors_state(name))

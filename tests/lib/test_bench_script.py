@@ -100,6 +100,7 @@ def test_gpu_checks_script_runs_its_steps(tmp_path):
     """The prepared GPU command (scripts/gpu_checks.sh), on the CPU smoke preset, with a wheel to
     install first (as the pinned transformers and peft travel to the device machine)."""
     env = {**os.environ, "PRESETS": "tiny-cpu", "ROUNDS": "1", "METHODS": "floor lora loretta_rep", "OUT": str(tmp_path),
+           "GENERATE_PRESETS": "tiny-cpu", "GENERATE_METHODS": "base loretta_rep",
            "PYTHON": sys.executable, "WHEELS": str(_probe_wheel(tmp_path / "wheels"))}
     proc = subprocess.run(["bash", str(SCRIPT.parent / "gpu_checks.sh")], capture_output=True, text=True,
                           timeout=900, env=env)
@@ -109,6 +110,8 @@ def test_gpu_checks_script_runs_its_steps(tmp_path):
     assert "| loretta_rep |" in (tmp_path / "tiny-cpu.md").read_text()
     assert json.loads((tmp_path / "tiny-cpu.json").read_text())["preset"] == "tiny-cpu"
     assert "| **total** |" in (tmp_path / "activation_memory_tiny-cpu.md").read_text()
+    assert "| loretta_rep |" in (tmp_path / "generate_tiny-cpu.md").read_text()
+    assert "generate tiny-cpu:" in (tmp_path / "gpu.txt").read_text()
     assert not list(tmp_path.glob("*.tmp"))
 
 
@@ -137,3 +140,28 @@ def test_counts_are_of_a_step_in_steady_state():
     assert first[1] > second[1]  # the first pass also builds LoRETTA_rep's cached initial A0 and B0
     assert bench.step_counts(model, forward) == second
     assert bench.counted_rows("tiny-cpu", ["loretta_rep"], "cpu") == {"loretta_rep": second}
+
+
+def test_bench_generate_prints_a_row_per_method_and_refuses_bad_arguments(tmp_path):
+    script = SCRIPT.parent / "bench_generate.py"
+    out = tmp_path / "generate.json"
+    proc = subprocess.run([sys.executable, str(script), "--preset", "tiny-cpu", "--rounds", "1", "--steps", "1",
+                           "--prompt-length", "8", "--new-tokens", "3", "--out", str(out),
+                           "--methods", "base", "lora", "loretta_adp", "loretta_rep_merged"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["base", "lora", "loretta_adp", "loretta_rep_merged"]
+    assert rows["base"]["vs_base"] == 1.0 and rows["lora"]["vs_lora"] == 1.0 and rows["base"]["trainable_params"] == 0
+    assert all(r["prefill_ms"] > 0 for r in rows.values())  # (per token: a difference, which noise can flip)
+    # deterministic: a merged LoRETTA_rep is the stock model again; the adapters add operators
+    assert rows["loretta_rep_merged"]["ops_per_token"] == rows["base"]["ops_per_token"]
+    assert rows["loretta_rep_merged"]["trainable_params"] > 0
+    assert all(rows[m]["ops_per_token"] > rows["base"]["ops_per_token"] for m in ("lora", "loretta_adp"))
+    assert f"| {rows['loretta_adp']['ops_per_token']:,} |" in next(
+        line for line in proc.stdout.splitlines() if line.startswith("| loretta_adp |"))
+    assert not list(tmp_path.glob("*.tmp"))
+    for bad, message in ((["--new-tokens", "1"], "--new-tokens must be at least 2, got 1"),
+                         (["--preset", "deberta-base-cpu"], "invalid choice: 'deberta-base-cpu'")):
+        proc = subprocess.run([sys.executable, str(script), *bad], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-500:]

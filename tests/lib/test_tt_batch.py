@@ -163,3 +163,63 @@ def test_rep_factors_put_together_give_way_when_the_cores_change_or_a_graph_is_w
     with torch.no_grad():
         layer.loretta_rep_B["default"].cores[0].mul_(2)  # what an optimizer step does
     assert layer._valid_held_factors("default") is None
+
+
+def _held_objects(model):
+    tts = [id(m._held[1]) for m in model.modules() if isinstance(m, TTLinear) and m._held is not None]
+    reps = [id(held[1]) for m in model.modules() if isinstance(m, LorettaRepLayer) for held in m._held_factors.values()]
+    return tts, reps
+
+
+@pytest.mark.parametrize("method", ["adp", "adp_matrix", "rep"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_forwards_without_a_graph_reuse_what_is_held_until_the_cores_change(method, dtype):
+    """Evaluation and each token of generate() rebuild nothing while the cores stay as they are."""
+    model = _model(method, dtype=dtype).eval()
+    batch = tiny_batch(model)
+    with torch.no_grad():
+        first = model(**batch).logits
+        held = _held_objects(model)
+        assert held[0] and (method != "rep" or held[1])
+        torch.testing.assert_close(model(**batch).logits, first, rtol=0, atol=0)
+        assert _held_objects(model) == held  # the same tensors served the second forward
+        tt = next(m for m in model.modules() if isinstance(m, TTLinear))
+        tt.cores[0].mul_(2)  # an optimizer step
+        changed = model(**batch).logits
+        assert _held_objects(model) != held and not torch.equal(changed, first)
+    # the same numbers as a model that rebuilds every layer on its own
+    _hook(model).remove()
+    for module in model.modules():
+        if isinstance(module, TTLinear):
+            module._held = None
+        if isinstance(module, LorettaRepLayer):
+            module._held_factors.clear()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, changed, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", ["adp", "rep"])
+def test_a_forward_that_wants_a_graph_rebuilds_even_when_nothing_changed(method):
+    model = _model(method)
+    batch = tiny_batch(model)
+    with torch.no_grad():
+        model(**batch)
+    held = _held_objects(model)
+    for _ in range(2):  # two training forwards and backwards: each needs a graph of its own
+        model(**batch, labels=batch["input_ids"]).loss.backward()
+        assert _held_objects(model) != held
+        held = _held_objects(model)
+
+
+def test_changing_rep_scaling_is_seen_by_the_next_forward_without_a_graph():
+    model = _model("rep").eval()
+    batch = tiny_batch(model)
+    with torch.no_grad():
+        first = model(**batch).logits
+        for layer in (m for m in model.modules() if isinstance(m, LorettaRepLayer)):
+            layer.scaling["default"] *= 2
+        doubled = model(**batch).logits
+        for layer in (m for m in model.modules() if isinstance(m, LorettaRepLayer)):
+            layer.scaling["default"] /= 2
+        torch.testing.assert_close(model(**batch).logits, first, rtol=0, atol=0)
+    assert not torch.allclose(doubled, first)
