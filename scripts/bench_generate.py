@@ -28,7 +28,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_methods import PRESETS, build_model, run_in_worker_process, wrap  # noqa: E402
+from bench_methods import PRESETS, build_model, operator_counter, run_in_worker_process, wrap, write_rows  # noqa: E402
 
 METHODS = ("base", "lora", "ia3", "loretta_adp", "loretta_rep", "loretta_rep_merged")
 CAUSAL_PRESETS = sorted(name for name, preset in PRESETS.items() if preset.task == "CAUSAL_LM")
@@ -50,22 +50,13 @@ def prepare(preset_name: str, method: str):
 def decode_step_ops(model, prompt) -> int:
     """Operators dispatched by one decode step: a one-token forward on the prompt's KV cache."""
     import torch
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Count(TorchDispatchMode):
-        calls = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if not func.is_view:
-                self.calls += 1
-            return func(*args, **(kwargs or {}))
 
     with torch.no_grad():
         past = model(input_ids=prompt, use_cache=True).past_key_values
         next_token = prompt[:, -1:]
         model(input_ids=next_token, past_key_values=past, use_cache=True)  # the first step builds what is built once
         past = model(input_ids=prompt, use_cache=True).past_key_values
-        with Count() as ops:
+        with operator_counter() as ops:
             model(input_ids=next_token, past_key_values=past, use_cache=True)
     return ops.calls
 
@@ -175,11 +166,7 @@ def main(argv=None) -> None:
     rows = orchestrate(args)
     print(markdown(rows, args))
     if args.out:
-        import os
-
-        with open(args.out + ".tmp", "w") as f:
-            json.dump({"preset": args.preset, "rows": rows}, f, indent=2)
-        os.replace(args.out + ".tmp", args.out)
+        write_rows(args.out, args.preset, rows)
 
 
 if __name__ == "__main__":

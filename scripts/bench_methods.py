@@ -182,16 +182,9 @@ def saved_by_module_type(model, forward) -> dict[str, int]:
     return dict(by_type)
 
 
-def step_counts(model, forward) -> tuple[int, int]:
-    """(FLOPs, operators) of one forward and backward pass, counted in the same pass; the gradients
-    are discarded. Both are deterministic, unlike the step time:
-    - FLOPs by torch's FlopCounterMode, from the shapes of the matrix products and attention
-      (elementwise work and the optimizer are not counted): the arithmetic a method adds;
-    - operators dispatched, views excluded. On a GPU each is at least one kernel launch (a few
-      microseconds however small its work), so many tiny products or elementwise passes cost time
-      that their FLOPs do not show."""
+def operator_counter():
+    """A dispatch mode counting the operators run inside it (views excluded) in `.calls`."""
     from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils.flop_counter import FlopCounterMode
 
     class Count(TorchDispatchMode):
         calls = 0
@@ -201,7 +194,20 @@ def step_counts(model, forward) -> tuple[int, int]:
                 self.calls += 1
             return func(*args, **(kwargs or {}))
 
-    with FlopCounterMode(display=False) as flops, Count() as ops:
+    return Count()
+
+
+def step_counts(model, forward) -> tuple[int, int]:
+    """(FLOPs, operators) of one forward and backward pass, counted in the same pass; the gradients
+    are discarded. Both are deterministic, unlike the step time:
+    - FLOPs by torch's FlopCounterMode, from the shapes of the matrix products and attention
+      (elementwise work and the optimizer are not counted): the arithmetic a method adds;
+    - operators dispatched, views excluded. On a GPU each is at least one kernel launch (a few
+      microseconds however small its work), so many tiny products or elementwise passes cost time
+      that their FLOPs do not show."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as flops, operator_counter() as ops:
         forward().backward()
     model.zero_grad(set_to_none=True)
     return flops.get_total_flops(), ops.calls
@@ -397,6 +403,15 @@ def count_only(preset_name: str, methods) -> str:
     return "\n".join(lines)
 
 
+def write_rows(path: str, preset_name: str, rows) -> None:
+    """The rows as JSON at `path`, written atomically (a run cut short leaves no partial file)."""
+    import os
+
+    with open(path + ".tmp", "w") as f:
+        json.dump({"preset": preset_name, "rows": rows}, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="deberta-base-cpu", choices=sorted(PRESETS))
@@ -423,11 +438,7 @@ def main(argv=None) -> None:
     memory_label = "peak CUDA memory" if PRESETS[args.preset].device == "cuda" else "peak RSS"
     print(markdown(rows, args.preset, memory_label))
     if args.out:
-        with open(args.out + ".tmp", "w") as f:
-            json.dump({"preset": args.preset, "rows": rows}, f, indent=2)
-        import os
-
-        os.replace(args.out + ".tmp", args.out)
+        write_rows(args.out, args.preset, rows)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,16 @@ def _hook(model):
     return model.base_model.model._loretta_rebuild_hook
 
 
+def _rebuild_each_layer_alone(model):
+    """No rebuilding together from now on, and nothing held: each layer builds its own (the reference)."""
+    _hook(model).remove()
+    for module in model.modules():
+        if isinstance(module, TTLinear):
+            module._held = None
+        if isinstance(module, LorettaRepLayer):
+            module._held_factors.clear()
+
+
 def _held(tt):
     """What `tt` holds for its forward (matrix or factors), if still valid."""
     held = tt._valid_held("factors" if tt.multiplies_by_factors(tt.cores[0].device) else "matrix")
@@ -87,12 +97,7 @@ def test_rebuilding_together_gives_each_layers_own_output_and_gradients(method, 
         if dtype != torch.float32:
             assert all(layer._held_factors["default"][1].dtype == dtype for layer in rep_layers)
 
-    _hook(model).remove()
-    for module in model.modules():
-        if isinstance(module, TTLinear):
-            module._held = None
-        if isinstance(module, LorettaRepLayer):
-            module._held_factors.clear()
+    _rebuild_each_layer_alone(model)
     alone = _loss_and_grads(model, batch)
     # the same products on the same values, stacked: the same numbers
     torch.testing.assert_close(together[0], alone[0], rtol=0, atol=0)
@@ -188,12 +193,7 @@ def test_forwards_without_a_graph_reuse_what_is_held_until_the_cores_change(meth
         changed = model(**batch).logits
         assert _held_objects(model) != held and not torch.equal(changed, first)
     # the same numbers as a model that rebuilds every layer on its own
-    _hook(model).remove()
-    for module in model.modules():
-        if isinstance(module, TTLinear):
-            module._held = None
-        if isinstance(module, LorettaRepLayer):
-            module._held_factors.clear()
+    _rebuild_each_layer_alone(model)
     with torch.no_grad():
         torch.testing.assert_close(model(**batch).logits, changed, rtol=0, atol=0)
 
