@@ -108,12 +108,16 @@ def boundary_split(shape, in_features: int) -> int | None:
     return None
 
 
+def graph_wanted(cores_train: bool) -> bool:
+    """Whether the forward about to run builds an autograd graph through the TT cores."""
+    return torch.is_grad_enabled() and cores_train
+
+
 def held_is_stale(held_state, current_state, operand: torch.Tensor, cores_train: bool) -> bool:
     """Whether something built from TT cores ahead of use (tt_batch) may no longer stand in for a fresh
     build: the tensors it came from changed since (an optimizer step, a load), or it was built without
     a graph (under no_grad) and gradients are wanted now."""
-    wants_graph = torch.is_grad_enabled() and cores_train
-    return held_state != current_state or (wants_graph and operand.grad_fn is None)
+    return held_state != current_state or (graph_wanted(cores_train) and operand.grad_fn is None)
 
 
 class FrozenCores(nn.Module):
@@ -303,7 +307,7 @@ class TTLinear(nn.Module):
         `dtype` where that differs from the cores' (None: uncast), and usable now: built with a graph
         that is still to be used would be reused by a second backward pass, so this is only for
         forwards that want no graph (evaluation, generation)."""
-        if torch.is_grad_enabled() and self.cores[0].requires_grad:
+        if graph_wanted(self.cores[0].requires_grad):
             return False
         held = self._valid_held(form)
         if held is None:

@@ -9,7 +9,7 @@ from transformers.pytorch_utils import Conv1D
 
 from ..layer_base import LorettaLayerBase
 from ..quantized import add_to_weight
-from ..tt_linear import held_is_stale
+from ..tt_linear import graph_wanted, held_is_stale
 
 
 def _lora_factors(a, b, a0=None, negated_b0=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,7 +99,7 @@ class LorettaRepLayer(LorettaLayerBase):
 
     def _holds_current_factors(self, name: str, dtype: torch.dtype) -> bool:
         """Whether the held factors of `name` serve a forward that wants no graph, as TTLinear.holds_current."""
-        if torch.is_grad_enabled() and self.loretta_rep_A[name].cores[0].requires_grad:
+        if graph_wanted(self.loretta_rep_A[name].cores[0].requires_grad):
             return False
         held = self._valid_held_factors(name)
         return held is not None and held[0] == dtype
@@ -133,10 +133,10 @@ class LorettaRepLayer(LorettaLayerBase):
         for (_, _, scaling, dtype), group in groups.items():
             if len(group) < 2:
                 continue  # nothing to share
-            cast = dtype if dtype is not None else group[0][0].loretta_rep_A[group[0][1]].cores[0].dtype
+            pairs = [(layer.loretta_rep_A[name], layer.loretta_rep_B[name]) for layer, name in group]
+            cast = dtype if dtype is not None else pairs[0][0].cores[0].dtype
             if all(layer._holds_current_factors(name, cast) for layer, name in group):
                 continue  # a forward without a graph, cores unchanged (generation: every new token)
-            pairs = [(layer.loretta_rep_A[name], layer.loretta_rep_B[name]) for layer, name in group]
             stacked = [torch.stack([a.weight_matrix() for a, _ in pairs]),  # G x in x r
                        torch.stack([b.weight_matrix() for _, b in pairs])]  # G x r x out
             if pairs[0][1].initial_cores is not None:
