@@ -6,7 +6,7 @@ Target names use PEFT's matching: a name matches a module whose full name equals
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -21,10 +21,23 @@ class FamilyPreset:
     # norms that stay frozen when the layer norms train: those that do not act on the activations
     frozen_norms: tuple[str, ...] = ()
 
+    def present_in(self, layer_names) -> FamilyPreset:
+        """The preset less the target names that match none of `layer_names` (the model's linear layers): a
+        family's variants may name a layer differently (T5 v1.0 has one `wi`, v1.1 a gated `wi_0` and `wi_1`)."""
+        def present(names):
+            return tuple(n for n in names if any(name_matches(layer, [n]) for layer in layer_names))
+        return replace(self, adp_output_side=present(self.adp_output_side),
+                       adp_input_side=present(self.adp_input_side), rep_targets=present(self.rep_targets))
+
 
 _BERT_LIKE = FamilyPreset(("output.dense",), (), ("query", "value"), "pooler.dense")
 _ROBERTA_LIKE = FamilyPreset(("output.dense",), (), ("query", "value"), "classifier.dense")
 _LLAMA_LIKE = FamilyPreset(("down_proj",), ("gate_proj", "up_proj"), ("q_proj", "v_proj"))
+# encoder-decoders: the feed-forward blocks of both stacks (as for the decoders above); rep on the query
+# and value of self- and cross-attention (PEFT LoRA's defaults for these families)
+_T5_LIKE = FamilyPreset(("DenseReluDense.wo",), ("DenseReluDense.wi", "DenseReluDense.wi_0", "DenseReluDense.wi_1"),
+                        ("q", "v"), "classification_head.dense")
+_BART_LIKE = FamilyPreset(("fc2",), ("fc1",), ("q_proj", "v_proj"), "classification_head.dense")
 
 FAMILY_PRESETS: dict[str, FamilyPreset] = {
     "bert": _BERT_LIKE,
@@ -53,6 +66,12 @@ FAMILY_PRESETS: dict[str, FamilyPreset] = {
     "gemma": _LLAMA_LIKE,
     "gemma2": _LLAMA_LIKE,
     "gemma3_text": _LLAMA_LIKE,
+    "t5": _T5_LIKE,
+    "mt5": _T5_LIKE,
+    "bart": _BART_LIKE,
+    "mbart": _BART_LIKE,
+    "marian": _BART_LIKE,
+    "pegasus": _BART_LIKE,
 }
 
 

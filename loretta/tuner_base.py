@@ -131,7 +131,8 @@ class LorettaTunerBase(BaseTuner):
                     f"{sorted(FAMILY_PRESETS)}. Pass target_modules=[...] chosen from this model's linear layers: "
                     f"{linear_layer_names(model)}"
                 )
-            self._default_targets(preset, peft_config)
+            linear_names = [_unwrapped_name(n) for n, m in model.named_modules() if linear_features(m) is not None]
+            self._default_targets(preset.present_in(linear_names), peft_config)
         self._check_targeted(peft_config, self._check_targets_exist(peft_config, model))
         keep_4bit_training_layout(model)
         if str(peft_config.task_type) == "SEQ_CLS" and preset is not None and preset.head_dense:

@@ -6,7 +6,7 @@ from peft.utils.other import ModulesToSaveWrapper
 
 from loretta import LorettaAdpConfig, LorettaRepConfig, get_peft_model
 
-from .tiny_models import ENCODERS, tiny_batch, tiny_model
+from .tiny_models import default_task, tiny_batch, tiny_model
 
 METHODS = {
     "adp": lambda task: LorettaAdpConfig(task_type=task, tensor_rank=3, bottleneck_size=8),
@@ -24,7 +24,7 @@ def _perturb_trainable(model, seed):
 
 
 def _two_adapter_model(family, method):
-    task = "SEQ_CLS" if family in ENCODERS else "CAUSAL_LM"
+    task = default_task(family)
     model = get_peft_model(tiny_model(family, task=task), METHODS[method](task))
     _perturb_trainable(model, seed=1)
     model.add_adapter("second", METHODS[method](task))
@@ -51,7 +51,7 @@ def _each_adapter_alone(model, batch):
 
 
 @pytest.mark.parametrize("family", ["bert", "roberta", "deberta", "deberta-v2", "mpnet", "llama", "gpt2", "opt", "gpt_neox",
-                                    "phi3", "qwen3"])
+                                    "phi3", "qwen3", "t5", "bart"])
 @pytest.mark.parametrize("method", ["adp", "rep"])
 def test_each_sample_gets_its_own_adapter_norms_and_head(family, method):
     model = _two_adapter_model(family, method)
@@ -74,11 +74,13 @@ def test_each_sample_gets_its_own_adapter_norms_and_head(family, method):
     assert not any("_mixed_batch_forward" in vars(m) for m in model.modules() if isinstance(m, ModulesToSaveWrapper))
 
 
+@pytest.mark.parametrize("family", ["llama", "t5"])
 @pytest.mark.parametrize("method", ["adp", "rep"])
 @pytest.mark.parametrize("num_beams", [1, 2])
-def test_generate_with_mixed_adapters_matches_each_adapter_alone(method, num_beams):
-    model = _two_adapter_model("llama", method)
+def test_generate_with_mixed_adapters_matches_each_adapter_alone(family, method, num_beams):
+    model = _two_adapter_model(family, method)
     batch = tiny_batch(model, batch=len(NAMES), length=5)
+    batch.pop("decoder_input_ids", None)  # generate() starts the decoder itself
     kw = dict(max_new_tokens=4, do_sample=False, num_beams=num_beams, pad_token_id=0)
 
     def generate(**extra):

@@ -9,7 +9,7 @@ import torch
 from loretta import LorettaAdpConfig, LorettaRepConfig, get_peft_model
 from loretta.norm_recompute import RecomputingNormForward
 
-from .tiny_models import DECODERS, FAMILIES, tiny_batch, tiny_model
+from .tiny_models import FAMILIES, SEQ2SEQ, default_task, tiny_batch, tiny_model
 
 METHODS = {
     "adp": lambda task, **kw: LorettaAdpConfig(task_type=task, tensor_rank=3, bottleneck_size=8, init_method="gaussian", **kw),
@@ -17,12 +17,11 @@ METHODS = {
 }
 
 
-def _task(family):
-    return "CAUSAL_LM" if family in DECODERS else "SEQ_CLS"
+_task = default_task
 
 
 # families whose norms are torch's fused nn.LayerNorm: nothing to gain, so nothing is recomputed
-FUSED_NORM_FAMILIES = {"bert", "roberta", "deberta-v2", "mpnet", "opt", "gpt2", "gpt_neox"}
+FUSED_NORM_FAMILIES = {"bert", "roberta", "deberta-v2", "mpnet", "opt", "gpt2", "gpt_neox", "bart"}
 
 
 def _loss_and_grads(family, method, recompute, autocast_dtype=None):
@@ -31,14 +30,14 @@ def _loss_and_grads(family, method, recompute, autocast_dtype=None):
     model = get_peft_model(tiny_model(family, task=task), METHODS[method](task, recompute_layer_norms=recompute))
     model.train()
     batch = tiny_batch(model)
-    labels = batch["input_ids"] if task == "CAUSAL_LM" else torch.tensor([0, 1])
+    labels = torch.tensor([0, 1]) if task == "SEQ_CLS" else batch["input_ids"]
     with torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
         loss = model(**batch, labels=labels).loss
     loss.backward()
     return model, loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + SEQ2SEQ)
 @pytest.mark.parametrize("method", ["adp", "rep"])
 def test_recomputed_norms_give_the_same_loss_and_gradients(family, method):
     plain_model, plain_loss, plain = _loss_and_grads(family, method, recompute=False)

@@ -8,7 +8,7 @@ from loretta import LorettaAdpConfig, LorettaAdpLayer, LorettaRepConfig, Loretta
 
 from loretta.presets import FAMILY_PRESETS
 
-from .tiny_models import ALL_FAMILIES, DECODERS, ENCODERS, FAMILIES, SIBLING_ENCODERS, tiny_batch, tiny_model
+from .tiny_models import ALL_FAMILIES, DECODERS, SEQ2SEQ, default_task, tiny_batch, tiny_model
 
 METHODS = {
     "adp": lambda task, **kw: LorettaAdpConfig(task_type=task, tensor_rank=3, bottleneck_size=8, **kw),
@@ -17,8 +17,7 @@ METHODS = {
 LAYER_CLS = {"adp": LorettaAdpLayer, "rep": LorettaRepLayer}
 
 
-def _task(family):
-    return "SEQ_CLS" if family in ENCODERS + SIBLING_ENCODERS else "CAUSAL_LM"
+_task = default_task
 
 
 def _logits(model, batch):
@@ -70,8 +69,7 @@ def test_token_classification_and_seq2seq_models():
                              decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=100))
     s2s = get_peft_model(bart, LorettaRepConfig(task_type="SEQ_2_SEQ_LM", target_modules=["q_proj", "v_proj"], r=4,
                                                 tensor_rank=2))
-    batch = tiny_batch(s2s)
-    assert s2s(**batch, decoder_input_ids=batch["input_ids"]).logits.shape == (2, 8, 100)
+    assert s2s(**tiny_batch(s2s)).logits.shape == (2, 8, 100)
 
 
 def test_every_preset_family_is_tested():
@@ -99,8 +97,7 @@ def test_default_placement_and_training_step(family, method):
 
 def test_adapter_counts_and_sides_per_family():
     def count(family):
-        model = get_peft_model(tiny_model(family, task="CAUSAL_LM" if family in DECODERS else "SEQ_CLS"),
-                               METHODS["adp"](_task(family)))
+        model = get_peft_model(tiny_model(family, task=_task(family)), METHODS["adp"](_task(family)))
         layers = [m for m in model.modules() if isinstance(m, LorettaAdpLayer)]
         return len(layers), sorted({s for m in layers for s in m.side.values()})
 
@@ -113,6 +110,32 @@ def test_adapter_counts_and_sides_per_family():
     assert count("gpt_neox") == (4, ["input", "output"])  # dense_h_to_4h input, dense_4h_to_h output
     assert count("phi3") == (4, ["input", "output"])  # the fused gate_up_proj's input, down_proj's output
     assert count("qwen3") == (6, ["input", "output"])
+    # encoder-decoders: both stacks' feed-forward blocks, 2 layers each
+    assert count("t5") == (8, ["input", "output"])  # wi input, wo output
+    assert count("t5-gated") == (12, ["input", "output"])  # wi_0 and wi_1 input, wo output (v1.1, FLAN-T5)
+    assert count("bart") == (8, ["input", "output"])  # fc1 input, fc2 output
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+@pytest.mark.parametrize("method", ["adp", "rep"])
+def test_encoder_decoders_classify_with_a_tensorized_head_and_generate(family, method):
+    clf = get_peft_model(tiny_model(family, task="SEQ_CLS"), METHODS[method]("SEQ_CLS"))
+    head = clf.base_model.model.classification_head
+    assert isinstance(head.modules_to_save["default"].dense, TTLinear)
+    batch = tiny_batch(clf)
+    clf.train()(**batch, labels=torch.tensor([0, 1])).loss.backward()
+    assert head.modules_to_save["default"].out_proj.weight.grad is not None  # the label projection trains
+
+    lm = get_peft_model(tiny_model(family, task="SEQ_2_SEQ_LM"), METHODS[method]("SEQ_2_SEQ_LM"))
+    _perturb_adapters(lm)
+    out = lm.eval().generate(input_ids=batch["input_ids"], max_new_tokens=4, do_sample=False,
+                             output_logits=True, return_dict_in_generate=True)
+    with torch.no_grad():  # generate()'s last step, with its cache, is the adapted model's full forward
+        full = lm(input_ids=batch["input_ids"], decoder_input_ids=out.sequences[:, :-1]).logits[:, -1]
+        with lm.disable_adapter():
+            base = lm(input_ids=batch["input_ids"], decoder_input_ids=out.sequences[:, :-1]).logits[:, -1]
+    torch.testing.assert_close(out.logits[-1], full, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(full, base)
 
 
 @pytest.mark.parametrize(("family", "target", "out_features"), [
@@ -134,16 +157,17 @@ def test_per_head_query_and_key_norms_train_with_the_others():
     assert trained == {"self_attn.q_norm", "self_attn.k_norm", "input_layernorm", "post_attention_layernorm"}
 
 
-@pytest.mark.parametrize("family", DECODERS)
+@pytest.mark.parametrize("family", DECODERS + SEQ2SEQ + ["t5-gated"])
 @pytest.mark.parametrize("method", ["adp", "rep"])
 @pytest.mark.parametrize("init", ["identity", "noise_reduction"])
 def test_output_preserving_inits_leave_output_unchanged_and_gaussian_does_not(family, method, init):
-    base = tiny_model(family, task="CAUSAL_LM")
+    task = _task(family)
+    base = tiny_model(family, task=task)
     batch = tiny_batch(base)
     before = _logits(base, batch)
-    model = get_peft_model(base, METHODS[method]("CAUSAL_LM", init_method=init))
+    model = get_peft_model(base, METHODS[method](task, init_method=init))
     torch.testing.assert_close(_logits(model, batch), before)
-    model = get_peft_model(tiny_model(family, task="CAUSAL_LM"), METHODS[method]("CAUSAL_LM", init_method="gaussian"))
+    model = get_peft_model(tiny_model(family, task=task), METHODS[method](task, init_method="gaussian"))
     assert not torch.allclose(_logits(model, batch), before)
 
 
@@ -155,7 +179,7 @@ def test_identity_init_unchanged_for_encoders_with_a_dense_head():
     torch.testing.assert_close(_logits(model, batch), before)
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta", "deberta", "llama", "gpt2"])
+@pytest.mark.parametrize("family", ["bert", "roberta", "deberta", "llama", "gpt2", "t5", "bart"])
 @pytest.mark.parametrize("method", ["adp", "rep"])
 @pytest.mark.parametrize("init", ["noise_reduction", "identity"])
 def test_save_and_load_round_trip_everything_trained(tmp_path, family, method, init):
@@ -280,7 +304,7 @@ def test_several_named_adapters(method):
     assert not any("second" in getattr(m, "_activation_fn", {}) for m in model.modules())
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "roberta", "deberta", "bert"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "roberta", "deberta", "bert", "t5"])
 @pytest.mark.parametrize("init", ["noise_reduction", "identity", "gaussian"])
 def test_rep_merge_unmerge_and_merge_and_unload(family, init):
     task = _task(family)

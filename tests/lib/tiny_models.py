@@ -1,16 +1,19 @@
 """Tiny models of every supported family, built from configs (no weights, no Hub)."""
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
 ENCODERS = ["bert", "roberta", "deberta", "deberta-v2", "mpnet"]
 # gpt_neox and phi3 fuse q, k, v into one layer (phi3 also gate and up); qwen3 normalises q and k per head
 DECODERS = ["opt", "gpt2", "gpt_neox", "phi3", "llama", "mistral", "qwen3", "gemma", "gemma3_text"]
 FAMILIES = ENCODERS + DECODERS
+# encoder-decoders (SEQ_2_SEQ_LM); "t5" is v1.0 (one `wi`), "t5-gated" v1.1 / FLAN-T5 (`wi_0`, `wi_1`)
+SEQ2SEQ = ["t5", "bart"]
 # preset families whose architecture repeats one above: placement and a training step are tested
 SIBLING_ENCODERS = ["xlm-roberta"]
 SIBLING_DECODERS = ["qwen2", "gemma2", "granite", "smollm3", "olmo2", "phi", "starcoder2"]
-ALL_FAMILIES = FAMILIES + SIBLING_ENCODERS + SIBLING_DECODERS
+SIBLING_SEQ2SEQ = ["mt5", "mbart", "marian", "pegasus"]
+ALL_FAMILIES = FAMILIES + SEQ2SEQ + SIBLING_ENCODERS + SIBLING_DECODERS + SIBLING_SEQ2SEQ
 
 
 # The released DeBERTa checkpoints use disentangled (relative-position) attention, which the configs'
@@ -25,8 +28,23 @@ DEBERTA_ATTENTION = {
 }
 
 
+def default_task(family: str) -> str:
+    if family in SEQ2SEQ + SIBLING_SEQ2SEQ or family == "t5-gated":
+        return "SEQ_2_SEQ_LM"
+    return "CAUSAL_LM" if family in DECODERS + SIBLING_DECODERS else "SEQ_CLS"
+
+
 def tiny_config(model_type: str, **overrides):
-    if model_type == "gpt2":
+    if model_type in ("t5", "mt5", "t5-gated"):
+        kw = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, vocab_size=100, decoder_start_token_id=0)
+        if model_type == "t5-gated":
+            model_type = "t5"
+            kw.update(feed_forward_proj="gated-gelu")
+    elif model_type in ("bart", "mbart", "marian", "pegasus"):
+        kw = dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+                  encoder_ffn_dim=128, decoder_ffn_dim=128, vocab_size=100, max_position_embeddings=64,
+                  decoder_start_token_id=0, bos_token_id=0, eos_token_id=1)
+    elif model_type == "gpt2":
         kw = dict(n_embd=64, n_layer=2, n_head=4, vocab_size=100, n_positions=64)
     elif model_type == "opt":
         kw = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, ffn_dim=128, word_embed_proj_dim=64,
@@ -52,6 +70,8 @@ def tiny_model(model_type: str, task: str = "SEQ_CLS", seed: int = 0, **override
     if task == "SEQ_CLS":
         config.num_labels = overrides.get("num_labels", 2)
         model = AutoModelForSequenceClassification.from_config(config)
+    elif task == "SEQ_2_SEQ_LM":
+        model = AutoModelForSeq2SeqLM.from_config(config)
     else:
         model = AutoModelForCausalLM.from_config(config)
     return model.eval()
@@ -60,4 +80,9 @@ def tiny_model(model_type: str, task: str = "SEQ_CLS", seed: int = 0, **override
 def tiny_batch(model, batch: int = 2, length: int = 8, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(2, 100, (batch, length), generator=g)
+    if getattr(model.config, "is_encoder_decoder", False):
+        # BART-family classifiers read the sentence at its last <eos>: every sample ends with one
+        ids[:, -1] = model.config.eos_token_id
+        decoder_ids = torch.cat([torch.full((batch, 1), model.config.decoder_start_token_id), ids[:, :-1]], dim=1)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "decoder_input_ids": decoder_ids}
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
