@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 from peft import LoraConfig
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
 from bench_methods import DEBERTA_BASE  # this folder's: microsoft/deberta-base's attention settings
 from loretta import LorettaAdpConfig, LorettaRepConfig, get_peft_model
@@ -45,6 +45,11 @@ MODERN = {
     "Gemma-2-9B": ("CAUSAL_LM", "gemma2", dict(hidden_size=3584, intermediate_size=14336, num_hidden_layers=42,
                                                num_attention_heads=16, num_key_value_heads=8, head_dim=256,
                                                vocab_size=256000), ["q_proj", "v_proj"]),
+    # an encoder-decoder: the adapters sit in both stacks' gated feed-forward blocks (wi_0, wi_1, wo); LoRA
+    # and LoRETTA_rep on the query and value of self- and cross-attention
+    "FLAN-T5-large": ("SEQ_2_SEQ_LM", "t5", dict(d_model=1024, d_ff=2816, d_kv=64, num_layers=24, num_heads=16,
+                                                 feed_forward_proj="gated-gelu", vocab_size=32128,
+                                                 tie_word_embeddings=False), ["q", "v"]),
 }
 
 # The paper's Tables 1-3 (trainable parameters, millions)
@@ -60,7 +65,8 @@ PAPER = {
 def count(name: str, method: str, **overrides) -> int:
     task, model_type, config_kw, lora_targets = {**MODELS, **MODERN}[name]
     config = AutoConfig.for_model(model_type, **config_kw)
-    auto = AutoModelForSequenceClassification if task == "SEQ_CLS" else AutoModelForCausalLM
+    auto = {"SEQ_CLS": AutoModelForSequenceClassification, "SEQ_2_SEQ_LM": AutoModelForSeq2SeqLM}.get(
+        task, AutoModelForCausalLM)
     with torch.device("meta"):
         model = auto.from_config(config)
     peft_config = {

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from peft import LoraConfig
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
 from loretta import LorettaAdpConfig, LorettaRepConfig, get_peft_model
 
@@ -82,6 +82,19 @@ def test_a_newer_family_at_full_size_qwen3_8b():
     assert trainable(model) == expected == 995_104
 
 
+def test_an_encoder_decoder_at_full_size_flan_t5_large():
+    """The T5 preset at FLAN-T5-large's published size, counted by hand: each of the 24 encoder and 24
+    decoder feed-forward blocks has three adapters (gated wi_0 / wi_1 input, wo output) of TT 1024x64
+    [4,4,8,8,8,8] + TT 64x1024 [8,8,8,8,4,4] at rank 5 (760 each) with biases 64 + 1,024; the norms (weight
+    only, 1,024): two per encoder layer, three per decoder layer (cross-attention's), and each stack's final."""
+    cfg = AutoConfig.for_model("t5", d_model=1024, d_ff=2816, d_kv=64, num_layers=24, num_heads=16,
+                               feed_forward_proj="gated-gelu", vocab_size=32128, tie_word_embeddings=False)
+    adapter = 760 + 64 + 760 + 1_024
+    norms = (24 * 2 + 1 + 24 * 3 + 1) * 1_024
+    model = get_peft_model(_meta(AutoModelForSeq2SeqLM.from_config, cfg), LorettaAdpConfig(task_type="SEQ_2_SEQ_LM"))
+    assert trainable(model) == 48 * 3 * adapter + norms == 500_480
+
+
 def test_the_readme_tables_are_what_the_script_prints():
     """scripts/param_counts.py's tables appear in the README row for row (bold aside)."""
     import subprocess
@@ -93,6 +106,6 @@ def test_the_readme_tables_are_what_the_script_prints():
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
-    assert len(rows) == 2 + 5 + 5  # two headers, the paper's five models, five newer ones
+    assert len(rows) == 2 + 5 + 6  # two headers, the paper's five models, six newer ones
     readme = (repo / "README.md").read_text().replace("**", "")
     assert [row for row in rows if row not in readme] == []
