@@ -28,7 +28,7 @@ MODELS = {
                     ["q_proj", "v_proj"]),
 }
 
-# Newer decoders (published configs; not in the paper): what the family presets give at these sizes
+# Models the paper did not use (published configs): what the family presets give at these sizes
 MODERN = {
     "Llama-3.1-8B": ("CAUSAL_LM", "llama", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                                                 num_attention_heads=32, num_key_value_heads=8, vocab_size=128256),
@@ -91,7 +91,7 @@ def main() -> None:
         print(f"| {name} | {adp:,} | {rep5:,} | {rep8:,} | {lora:,} | "
               f"{paper['adp']} / {paper['rep']} / {paper['lora']} |")
     print()
-    print("| newer model (not in the paper) | LoRETTA_adp (rank 5) | LoRETTA_rep (rank 8) | "
+    print("| model not in the paper | LoRETTA_adp (rank 5) | LoRETTA_rep (rank 8) | "
           "LoRA r=8 (peft; q and v, or the fused qkv) | adp / LoRA | rep / LoRA |")
     print("|---|---:|---:|---:|---:|---:|")
     for name in MODERN:
