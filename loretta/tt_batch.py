@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from .tt_linear import TTLinear, difference_factors, stacked_factors, stacked_matrix
 
@@ -93,6 +94,13 @@ def _tuner_layers(model) -> list:
     return layers
 
 
+def _sharded(layer: TTLinear) -> bool:
+    """Whether the layer's cores are shards (DTensors) just now: under FSDP2 (`fully_shard` on each
+    decoder layer) they are, outside that layer's own forward, where FSDP gathers them; stacking shards
+    of different layers is meaningless, so such a layer builds its own in its forward, as a lone one does."""
+    return isinstance(next(iter(layer.cores._parameters.values())), DTensor)
+
+
 def rebuild_before_forward(model, args) -> None:
     """Forward pre-hook on the adapted model: rebuild the active adapters' TT layers together. The
     matrices stay held after the forward: a checkpointed layer recomputed in the backward pass must
@@ -104,6 +112,8 @@ def rebuild_before_forward(model, args) -> None:
     layers, dtypes, by_type = [], [], defaultdict(list)
     for module in _tuner_layers(model):
         found = module.active_tt_layers()
+        if found and _sharded(found[0]):
+            continue
         layers += found
         dtypes += [module.activation_dtype()] * len(found)
         by_type[type(module)].append(module)
