@@ -12,14 +12,15 @@ from .checks import ConfigError
 ADAPTER = "adapter"
 
 
-def save(model, tokenizer, dest: str | Path) -> None:
+def save(model, tokenizer, dest: str | Path, state_dict: dict | None = None) -> None:
     """`save_pretrained` of a PEFT model (and its tokenizer) into `dest`, which appears whole or not
-    at all: written beside it, then renamed into place."""
+    at all: written beside it, then renamed into place. `state_dict`: the model's weights gathered whole
+    when FSDP shards them (sharded.adapter_state)."""
     dest = Path(dest)
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         if dest.exists():
             shutil.rmtree(dest)

@@ -221,7 +221,8 @@ def predict_generate(model, batch, ctx):
     """Greedy decoding; the answer is the text before the first newline."""
     out = ctx.unwrap(model).generate(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=ctx.max_new_tokens,
-        do_sample=False, pad_token_id=ctx.tokenizer.pad_token_id, stop_strings=["\n"], tokenizer=ctx.tokenizer)
+        do_sample=False, pad_token_id=ctx.tokenizer.pad_token_id, stop_strings=["\n"], tokenizer=ctx.tokenizer,
+        synced_gpus=ctx.synced_gpus)
     new = out[:, batch["input_ids"].shape[1]:]
     texts = ctx.tokenizer.batch_decode(new, skip_special_tokens=True)
     return [t.split("\n")[0].strip() for t in texts], None

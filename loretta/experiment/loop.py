@@ -29,7 +29,7 @@ from peft import PeftModel
 from torch.utils.data import DataLoader
 
 from ..quantized import keep_4bit_training_layout
-from . import adapters, checks, data, methods, models, results
+from . import adapters, checks, data, methods, models, results, sharded
 from .checks import ConfigError
 from .logging import Tracker
 
@@ -59,6 +59,10 @@ class EvalContext:
     tokenizer: object
     max_new_tokens: int
     unwrap: object
+    # every process runs each decoding step until all are done: under FSDP each forward is a collective, and
+    # a process whose batch stopped early would leave the others waiting (transformers detects only its
+    # own FSDP wrapping)
+    synced_gpus: bool = False
 
 
 def _plain(node):
@@ -157,7 +161,9 @@ def train(cfg) -> dict:
 
     scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    ctx = EvalContext(tokenizer=tokenizer, max_new_tokens=t.max_new_tokens, unwrap=accelerator.unwrap_model)
+    ctx = EvalContext(tokenizer=tokenizer, max_new_tokens=t.max_new_tokens, unwrap=accelerator.unwrap_model,
+                      synced_gpus=sharded.prepare_generation(accelerator.unwrap_model(model))
+                      and accelerator.num_processes > 1)
 
     # 4. resume --------------------------------------------------------------------------------
     state = TrainState()
@@ -211,8 +217,9 @@ def train(cfg) -> dict:
         improved = score > state.best_score
         if improved:
             state.best_score, state.best_step, state.best_dev, state.evals_since_best = score, state.step, dev, 0
+            best = sharded.trainable_state(accelerator.unwrap_model(model))  # every process: FSDP gathers
             if main:
-                save_trainable(accelerator.unwrap_model(model), ckpt_dir / "best.pt")
+                _atomic_save(best, ckpt_dir / "best.pt")
         else:
             state.evals_since_best += 1
         # epochs trained so far (state.epoch alone is off by one at the end of the last epoch)
@@ -222,8 +229,7 @@ def train(cfg) -> dict:
         accelerator.print(f"[loretta] step {state.step}: dev {shown}{' (best)' if improved else ''}")
         stop = 0 < t.early_stopping_patience <= state.evals_since_best
         accelerator.wait_for_everyone()
-        if main:
-            save_checkpoint(ckpt_dir / "last.pt", accelerator.unwrap_model(model), optimizer, scheduler, state)
+        save_checkpoint(ckpt_dir / "last.pt", accelerator.unwrap_model(model), optimizer, scheduler, state, main)
         return stop
 
     # 5. train ----------------------------------------------------------------------------------
@@ -297,14 +303,16 @@ def train(cfg) -> dict:
         evaluate_and_keep_best()
     unwrapped = accelerator.unwrap_model(model)
     scored_at_best = t.eval_split == "dev" and spec.primary_metric in state.best_dev
-    save_adapter = main and t.save_adapter and isinstance(unwrapped, PeftModel)
-    if save_adapter or not scored_at_best:
+    save_adapter = t.save_adapter and isinstance(unwrapped, PeftModel)
+    if save_adapter or not scored_at_best:  # every process (under FSDP each loads its shards)
         load_trainable(unwrapped, ckpt_dir / "best.pt")
     final = dict(state.best_dev) if scored_at_best else evaluate(t.eval_split, metrics=True, loss=t.eval_split == "dev")
     if save_adapter:
         # the best weights, in the format PeftModel.from_pretrained reads; before results.json, so a
         # completed record always has its adapter beside it
-        adapters.save(unwrapped, tokenizer, out / adapters.ADAPTER)
+        gathered = sharded.adapter_state(unwrapped)
+        if main:
+            adapters.save(unwrapped, tokenizer, out / adapters.ADAPTER, state_dict=gathered)
     peak, peak_kind = results.peak_memory()
     record = {
         "task": spec.name, "model": cfg.model_tag, "method": cfg.method.name, "seed": cfg.seed,
@@ -333,10 +341,6 @@ def train(cfg) -> dict:
 # -- checkpoints: the trainable weights only (PEFT runs stay small), optimizer, schedule, RNG ------
 
 
-def trainable_state(model) -> dict:
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
 def _atomic_save(obj, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -344,31 +348,31 @@ def _atomic_save(obj, path: Path) -> None:
     tmp.replace(path)
 
 
-def save_trainable(model, path: Path) -> None:
-    _atomic_save(trainable_state(model), path)
-
-
 def load_trainable(model, path: Path) -> None:
     weights = torch.load(path, map_location="cpu", weights_only=True)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    unexpected = sharded.load_trainable_state(model, weights)
     if unexpected:
         raise RuntimeError(f"{path}: weights the model does not have: {unexpected[:5]}")
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, state: TrainState) -> None:
+def save_checkpoint(path: Path, model, optimizer, scheduler, state: TrainState, write: bool = True) -> None:
+    """Called by every process (FSDP gathers the weights and optimizer state); the one with `write` saves."""
+    trainable, optimizer_state = sharded.trainable_state(model), sharded.optimizer_state(model, optimizer)
+    if not write:
+        return
     rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    _atomic_save({"trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
+    _atomic_save({"trainable": trainable, "optimizer": optimizer_state,
                   "scheduler": scheduler.state_dict(), "rng": rng, "state": asdict(state)}, path)
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> TrainState:
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    missing, unexpected = model.load_state_dict(ckpt["trainable"], strict=False)
+    unexpected = sharded.load_trainable_state(model, ckpt["trainable"])
     if unexpected:
         raise RuntimeError(f"{path} does not fit this model (unexpected {unexpected[:5]}); was the config changed?")
-    optimizer.load_state_dict(ckpt["optimizer"])
+    sharded.load_optimizer_state(model, optimizer, ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     random.setstate(ckpt["rng"]["python"])
     np.random.set_state(ckpt["rng"]["numpy"])

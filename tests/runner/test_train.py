@@ -72,8 +72,8 @@ def test_same_seed_same_metrics_and_resume(kinds, tmp_path, monkeypatch):
     # interrupt run c right after its checkpoint at step 4 (mid-training, epoch boundary crossed)
     original = loop.save_checkpoint
 
-    def save_then_die(path, model, optimizer, scheduler, state):
-        original(path, model, optimizer, scheduler, state)
+    def save_then_die(path, model, optimizer, scheduler, state, write=True):
+        original(path, model, optimizer, scheduler, state, write)
         if state.step == 4:
             raise KeyboardInterrupt("simulated kill")
 
