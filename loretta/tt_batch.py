@@ -95,10 +95,12 @@ def _tuner_layers(model) -> list:
 
 
 def _sharded(layer: TTLinear) -> bool:
-    """Whether the layer's cores are shards (DTensors) just now: under FSDP2 (`fully_shard` on each
-    decoder layer) they are, outside that layer's own forward, where FSDP gathers them; stacking shards
-    of different layers is meaningless, so such a layer builds its own in its forward, as a lone one does."""
-    return isinstance(next(iter(layer.cores._parameters.values())), DTensor)
+    """Whether the layer's cores are not whole just now: under FSDP2 (`fully_shard` on each decoder layer)
+    they are shards (DTensors) outside that layer's own forward, where FSDP gathers them; cores missing from
+    the module (a wrapper that took them over) count the same. Stacking shards of different layers is
+    meaningless, so such a layer builds its own in its forward, as a lone one does."""
+    first = next(iter(layer.cores._parameters.values()), None)
+    return first is None or isinstance(first, DTensor)
 
 
 def rebuild_before_forward(model, args) -> None:
