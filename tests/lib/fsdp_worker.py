@@ -26,26 +26,9 @@ def _model(method, dtype):
     return get_peft_model(tiny_model("llama", task="CAUSAL_LM").to(dtype), CONFIGS[method]())
 
 
-def _train(model, batch, steps=3):
+def _optimizer(model):
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    losses = []
-    for _ in range(steps):
-        loss = model.train()(**batch, labels=batch["input_ids"]).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    with torch.no_grad():
-        return losses, model.eval()(**batch).logits.float()
-
-
-def _sharded(method, mesh, dtype=torch.float32):
-    model = _model(method, dtype)
-    for layer in model.base_model.model.model.layers:
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    return model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1 + step))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (1 + step))
 
 
 def _steps(model, optimizer, scheduler, batch, steps=2):
@@ -58,6 +41,20 @@ def _steps(model, optimizer, scheduler, batch, steps=2):
         optimizer.zero_grad()
         losses.append(loss.item())
     return losses
+
+
+def _train(model, batch, steps=3):
+    losses = _steps(model, *_optimizer(model), batch, steps)
+    with torch.no_grad():
+        return losses, model.eval()(**batch).logits.float()
+
+
+def _sharded(method, mesh, dtype=torch.float32):
+    model = _model(method, dtype)
+    for layer in model.base_model.model.model.layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model, *_optimizer(model)
 
 
 def checkpoint_case(method, mesh, folder: Path) -> None:
