@@ -124,9 +124,12 @@ def main(cases) -> None:
             if dist.get_rank() == 0:
                 print(f"{case}: ok []", flush=True)
             continue
-        method, dtype_name, wrap = case.split("-")
+        method, dtype_name, wrap, *checkpointing = case.split("-")
         dtype = getattr(torch, dtype_name)
         sharded, reference = _model(method, dtype), _model(method, dtype)
+        if checkpointing:  # the layers' forwards run again in the backward pass, FSDP gathering again
+            for model in (sharded, reference):
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         batch = tiny_batch(reference)
         if wrap == "layers":
             for layer in sharded.base_model.model.model.layers:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 CASES = ["adp-float32-layers", "rep-float32-layers", "adp-bfloat16-layers", "rep-bfloat16-layers",
-         "adp-float32-root", "rep-float32-root", "checkpoint-adp", "checkpoint-rep",
-         "generate-adp", "generate-rep"]
+         "adp-float32-root", "rep-float32-root", "adp-float32-layers-checkpointing", "rep-float32-root-checkpointing",
+         "checkpoint-adp", "checkpoint-rep", "generate-adp", "generate-rep"]
 
 
 def test_fully_sharded_training_evaluation_and_checkpoints_equal_the_unsharded_model():
