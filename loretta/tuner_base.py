@@ -47,6 +47,11 @@ def _layer_index(name: str, layers_pattern) -> int | None:
     return int(match["idx"]) if match else None
 
 
+def _linear_layer_keys(model: nn.Module) -> list[str]:
+    """The names PEFT matches targets against: every Linear / Conv1D (or tuner layer around one)."""
+    return [_unwrapped_name(n) for n, m in model.named_modules() if linear_features(m) is not None]
+
+
 def _inside(name: str, modules) -> bool:
     """Whether module `name` is one of `modules` (names or dotted suffixes of names) or inside one."""
     parts = name.split(".")
@@ -131,8 +136,7 @@ class LorettaTunerBase(BaseTuner):
                     f"{sorted(FAMILY_PRESETS)}. Pass target_modules=[...] chosen from this model's linear layers: "
                     f"{linear_layer_names(model)}"
                 )
-            linear_names = [_unwrapped_name(n) for n, m in model.named_modules() if linear_features(m) is not None]
-            self._default_targets(preset.present_in(linear_names), peft_config)
+            self._default_targets(preset.present_in(_linear_layer_keys(model)), peft_config)
         self._check_targeted(peft_config, self._check_targets_exist(peft_config, model))
         keep_4bit_training_layout(model)
         if str(peft_config.task_type) == "SEQ_CLS" and preset is not None and preset.head_dense:
@@ -176,8 +180,7 @@ class LorettaTunerBase(BaseTuner):
     def _check_targets_exist(self, peft_config, model: nn.Module) -> list[str]:
         """The linear layers the config's targets (and layer selection) will adapt; an error listing the
         model's linear layers if none."""
-        names = [_unwrapped_name(n) for n, m in model.named_modules() if linear_features(m) is not None]
-        targeted = [n for n in names if check_target_module_exists(peft_config, n)]
+        targeted = [n for n in _linear_layer_keys(model) if check_target_module_exists(peft_config, n)]
         if not targeted:
             selection = "".join(
                 f", {field}={getattr(peft_config, field)!r}"

@@ -44,16 +44,12 @@ def prepare_generation(model) -> bool:
     return True
 
 
-def _trainable_names(model) -> list[str]:
-    return [n for n, p in model.named_parameters() if p.requires_grad]
-
-
 def trainable_state(model) -> dict[str, torch.Tensor]:
     """The trainable parameters by name, whole, on the CPU (under FSDP: on the main process only)."""
     if not is_sharded(model):
         return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-    gathered = get_model_state_dict(model, options=_GATHER)
-    return {n: gathered[n] for n in _trainable_names(model) if n in gathered}
+    gathered = get_model_state_dict(model, options=_GATHER)  # buffers too: keep the trainable parameters
+    return {n: gathered[n] for n, p in model.named_parameters() if p.requires_grad and n in gathered}
 
 
 def load_trainable_state(model, weights: dict[str, torch.Tensor]) -> list[str]:
@@ -77,12 +73,13 @@ def optimizer_state(model, optimizer) -> dict:
 
 
 def load_optimizer_state(model, optimizer, state: dict) -> None:
+    sharded = is_sharded(model)
     by_name = any(isinstance(key, str) for key in state.get("state", {}))
-    if by_name != is_sharded(model) and state.get("state"):
+    if by_name != sharded and state.get("state"):
         written, now = ("a sharded (FSDP)", "unsharded") if by_name else ("an unsharded", "sharded (FSDP)")
         raise RuntimeError(f"the checkpoint's optimizer state was written by {written} run and this model is "
                            f"{now}: resume with the launch configuration that wrote it")
-    if is_sharded(model):
+    if sharded:
         set_optimizer_state_dict(model, optimizer, state, options=_SCATTER)
     else:
         optimizer.load_state_dict(state)

@@ -17,15 +17,12 @@ METHODS = {
 }
 
 
-_task = default_task
-
-
 # families whose norms are torch's fused nn.LayerNorm: nothing to gain, so nothing is recomputed
 FUSED_NORM_FAMILIES = {"bert", "roberta", "deberta-v2", "mpnet", "opt", "gpt2", "gpt_neox", "bart"}
 
 
 def _loss_and_grads(family, method, recompute, autocast_dtype=None):
-    task = _task(family)
+    task = default_task(family)
     torch.manual_seed(0)  # the same Gaussian cores and head for both runs
     model = get_peft_model(tiny_model(family, task=task), METHODS[method](task, recompute_layer_norms=recompute))
     model.train()
@@ -70,7 +67,7 @@ def _saved_for_backward_bytes(model, batch, labels):
 
 @pytest.mark.parametrize("family", ["deberta", "llama"])
 def test_recomputed_norms_save_less_for_backward(family):
-    task = _task(family)
+    task = default_task(family)
     sizes = {}
     for recompute in (False, True):
         model = get_peft_model(tiny_model(family, task=task), METHODS["adp"](task, recompute_layer_norms=recompute))

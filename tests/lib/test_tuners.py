@@ -17,9 +17,6 @@ METHODS = {
 LAYER_CLS = {"adp": LorettaAdpLayer, "rep": LorettaRepLayer}
 
 
-_task = default_task
-
-
 def _logits(model, batch):
     with torch.no_grad():
         return model(**batch).logits
@@ -79,7 +76,7 @@ def test_every_preset_family_is_tested():
 @pytest.mark.parametrize("family", ALL_FAMILIES)
 @pytest.mark.parametrize("method", ["adp", "rep"])
 def test_default_placement_and_training_step(family, method):
-    task = _task(family)
+    task = default_task(family)
     model = get_peft_model(tiny_model(family, task=task), METHODS[method](task))
     layers = [m for m in model.modules() if isinstance(m, LAYER_CLS[method])]
     assert layers, "nothing was adapted"
@@ -97,7 +94,7 @@ def test_default_placement_and_training_step(family, method):
 
 def test_adapter_counts_and_sides_per_family():
     def count(family):
-        model = get_peft_model(tiny_model(family, task=_task(family)), METHODS["adp"](_task(family)))
+        model = get_peft_model(tiny_model(family, task=default_task(family)), METHODS["adp"](default_task(family)))
         layers = [m for m in model.modules() if isinstance(m, LorettaAdpLayer)]
         return len(layers), sorted({s for m in layers for s in m.side.values()})
 
@@ -161,7 +158,7 @@ def test_per_head_query_and_key_norms_train_with_the_others():
 @pytest.mark.parametrize("method", ["adp", "rep"])
 @pytest.mark.parametrize("init", ["identity", "noise_reduction"])
 def test_output_preserving_inits_leave_output_unchanged_and_gaussian_does_not(family, method, init):
-    task = _task(family)
+    task = default_task(family)
     base = tiny_model(family, task=task)
     batch = tiny_batch(base)
     before = _logits(base, batch)
@@ -183,7 +180,7 @@ def test_identity_init_unchanged_for_encoders_with_a_dense_head():
 @pytest.mark.parametrize("method", ["adp", "rep"])
 @pytest.mark.parametrize("init", ["noise_reduction", "identity"])
 def test_save_and_load_round_trip_everything_trained(tmp_path, family, method, init):
-    task = _task(family)
+    task = default_task(family)
     model = get_peft_model(tiny_model(family, task=task), METHODS[method](task, init_method=init))
     _perturb_adapters(model)
     batch = tiny_batch(model)
@@ -202,7 +199,7 @@ def test_save_and_load_round_trip_everything_trained(tmp_path, family, method, i
 def test_auto_peft_model_loads_for_inference_and_is_trainable_resumes_training(tmp_path, family, method):
     from peft import AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification
 
-    task = _task(family)
+    task = default_task(family)
     base = tiny_model(family, task=task)
     base.save_pretrained(tmp_path / "base")
     model = get_peft_model(base, METHODS[method](task))
@@ -307,7 +304,7 @@ def test_several_named_adapters(method):
 @pytest.mark.parametrize("family", ["llama", "gpt2", "roberta", "deberta", "bert", "t5"])
 @pytest.mark.parametrize("init", ["noise_reduction", "identity", "gaussian"])
 def test_rep_merge_unmerge_and_merge_and_unload(family, init):
-    task = _task(family)
+    task = default_task(family)
     model = get_peft_model(tiny_model(family, task=task), METHODS["rep"](task, init_method=init))
     _perturb_adapters(model)
     batch = tiny_batch(model)
