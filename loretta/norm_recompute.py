@@ -64,9 +64,11 @@ class RecomputingNormForward:
 
     def __call__(self, *args, **kwargs):
         module = self.module
+        if not torch.is_grad_enabled():  # first: inference (each token of generate) skips the rest
+            return type(module).forward(module, *args, **kwargs)
         named = list(module.named_parameters())
         x = args[0] if len(args) == 1 and not kwargs else None
-        if (not any(p.requires_grad for _, p in named) or not torch.is_grad_enabled()
+        if (not any(p.requires_grad for _, p in named)
                 or not isinstance(x, torch.Tensor) or torch.compiler.is_compiling()):
             # frozen (e.g. the original module PEFT keeps for disable_adapter), inference, a
             # signature other than forward(x): the class's own forward, unchanged. Also under

@@ -20,7 +20,7 @@ from collections import defaultdict
 import torch
 from torch.distributed.tensor import DTensor
 
-from .tt_linear import TTLinear, difference_factors, stacked_factors, stacked_matrix
+from .tt_linear import TTLinear, begin_checked_pass, difference_factors, end_checked_pass, stacked_factors, stacked_matrix
 
 
 def _stacked(group: list[TTLinear], factors: bool) -> tuple:
@@ -62,7 +62,7 @@ def rebuild_together(layers: list[TTLinear], dtypes: list[torch.dtype | None] | 
     for (_, dtype, has_bias), group in groups.items():
         if len(group) < 2:
             continue  # nothing to share: the layer rebuilds its own
-        factors = group[0].multiplies_by_factors(group[0].cores[0].device)
+        factors = group[0].multiplies_by_factors(group[0].first_core().device)
         if all(layer.holds_current("factors" if factors else "matrix", dtype) for layer in group):
             continue  # a forward without a graph, cores unchanged (generation: every new token)
         parts = _stacked(group, factors)
@@ -108,9 +108,10 @@ def rebuild_before_forward(model, args) -> None:
     matrices stay held after the forward: a checkpointed layer recomputed in the backward pass must
     see the same ones. They give way when the cores change (an optimizer step) or the next forward
     rebuilds; a forward that wants no graph (evaluation, each token of generate) reuses them while
-    the cores stay as they are."""
+    the cores stay as they are, checked here once for the whole forward (tt_linear.begin_checked_pass)."""
     if torch.compiler.is_compiling():
         return  # compiled, the rebuilds are part of the graph
+    begin_checked_pass()  # a forward without a graph: the layers checked below need not check again
     layers, dtypes, by_type = [], [], defaultdict(list)
     for module in _tuner_layers(model):
         found = module.active_tt_layers()
@@ -122,3 +123,10 @@ def rebuild_before_forward(model, args) -> None:
     rebuild_together(layers, dtypes)
     for layer_type, modules in by_type.items():
         layer_type.factors_together(modules)
+
+
+def after_forward(model, args, output) -> None:
+    """Forward hook on the adapted model (also run when the forward raises): what the pre-hook checked
+    holds for that forward only."""
+    if not torch.compiler.is_compiling():  # compiled, the pre-hook began no checked pass
+        end_checked_pass()

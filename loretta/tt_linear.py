@@ -113,6 +113,34 @@ def graph_wanted(cores_train: bool) -> bool:
     return torch.is_grad_enabled() and cores_train
 
 
+# The model forward in progress, wanting no graph, whose pre-hook (tt_batch) has just checked its TT
+# layers' held operands against their cores: each layer it checked is marked with this token and uses
+# what it holds without checking again (each token of generate: one check per layer, not two). The
+# model's forward hook clears it, so a layer called on its own afterwards (the cores may have changed
+# since) checks as before; None outside such a forward. Another forward starting meanwhile (a nested
+# model, another thread) replaces the token, which only makes the first one's layers check again.
+_checked_pass: object | None = None
+
+
+def begin_checked_pass() -> None:
+    global _checked_pass
+    _checked_pass = object() if not torch.is_grad_enabled() else None
+
+
+def end_checked_pass() -> None:
+    global _checked_pass
+    _checked_pass = None
+
+
+def current_checked_pass() -> object | None:
+    """The token to mark a layer with once its held operands are checked in this forward (None: don't)."""
+    return _checked_pass
+
+
+def checked_in_this_pass(mark) -> bool:
+    return mark is not None and mark is _checked_pass and not torch.is_grad_enabled()
+
+
 def held_is_stale(held_state, current_state, operand: torch.Tensor, cores_train: bool) -> bool:
     """Whether something built from TT cores ahead of use (tt_batch) may no longer stand in for a fresh
     build: the tensors it came from changed since (an optimizer step, a load), or it was built without
@@ -226,6 +254,7 @@ class TTLinear(nn.Module):
         self.subtract_initial = subtract_initial
         # (form, operands, cast, key): this layer's matrix or factors, rebuilt together with others (tt_batch.py)
         self._held = None
+        self._checked_in = None  # the checked pass (above) that found _held current
         self.reset_parameters(init)
 
     @torch.no_grad()
@@ -257,7 +286,12 @@ class TTLinear(nn.Module):
         return self.initial_cores.negated_matrix(self.in_features, self.out_features, self.split)
 
     def subtracts_initial(self) -> bool:
-        return self.initial_cores is not None and self.subtract_initial
+        return self._modules.get("initial_cores") is not None and self.subtract_initial
+
+    def first_core(self) -> torch.Tensor:
+        """cores[0]. The hot paths (every forward, every token of generate) read it from the module's dicts:
+        ParameterList indexing and nn.Module.__getattr__ cost several Python calls each."""
+        return self._modules["cores"]._parameters["0"]
 
     def multiplies_by_factors(self, device: torch.device) -> bool:
         """Whether forward() on `device` multiplies by the factors (x @ L @ R) or by the rebuilt W."""
@@ -271,7 +305,7 @@ class TTLinear(nn.Module):
 
     def batch_key(self) -> tuple:
         """Layers with equal keys rebuild their matrices (or factors) with the same stacked products."""
-        core = self.cores[0]
+        core = self.first_core()
         return (self.shape, self.rank, self.in_features, self.out_features, self.subtracts_initial(),
                 self.multiplies_by_factors(core.device), core.dtype, core.device)
 
@@ -279,27 +313,32 @@ class TTLinear(nn.Module):
         # in-place updates (optimizer steps, load_state_dict) bump _version; .to() changes data_ptr.
         # Checked for every TT layer at every forward (each token of generate): the dicts are read
         # directly, ParameterList's indexing costs more than the check itself.
-        tensors = list(self.cores._parameters.values())
-        if self.initial_cores is not None:
-            tensors += self.initial_cores._buffers.values()
-        if self.bias is not None:
-            tensors.append(self.bias)
-        return tuple((t.data_ptr(), t._version) for t in tensors)
+        # (nn.Module.__getattr__ is avoided too: the submodules and bias are read from their dicts)
+        tensors = [*self._modules["cores"]._parameters.values()]
+        initial = self._modules.get("initial_cores")
+        if initial is not None:
+            tensors += initial._buffers.values()
+        bias = self._parameters.get("bias")
+        if bias is not None:
+            tensors.append(bias)
+        return tuple([(t.data_ptr(), t._version) for t in tensors])
 
     def hold(self, form: str, operands, cast: tuple | None = None) -> None:
         """Use `operands` as this layer's weight_matrix() (form "matrix") or factors() (form
         "factors", a (Lt, R) pair) for as long as the cores stay as they are; `cast` = (dtype,
         operands, bias) already cast to the activations' dtype, for forward()."""
         self._held = (form, operands, cast, self._state_key())
+        self._checked_in = current_checked_pass()
 
     def _valid_held(self, form: str):
         if self._held is None or torch.compiler.is_compiling():
             return None
         held_form, operands, cast, key = self._held
-        first = operands if held_form == "matrix" else operands[0]
-        if held_is_stale(key, self._state_key(), first, self.cores[0].requires_grad):
-            self._held = None
-            return None
+        if not checked_in_this_pass(self._checked_in):
+            first = operands if held_form == "matrix" else operands[0]
+            if held_is_stale(key, self._state_key(), first, self.first_core().requires_grad):
+                self._held = None
+                return None
         return (operands, cast) if held_form == form else None
 
     def holds_current(self, form: str, dtype: torch.dtype | None) -> bool:
@@ -307,14 +346,17 @@ class TTLinear(nn.Module):
         `dtype` where that differs from the cores' (None: uncast), and usable now: built with a graph
         that is still to be used would be reused by a second backward pass, so this is only for
         forwards that want no graph (evaluation, generation)."""
-        if graph_wanted(self.cores[0].requires_grad):
+        if graph_wanted(self.first_core().requires_grad):
             return False
         held = self._valid_held(form)
         if held is None:
             return False
         operands, cast = held
         first = operands if form == "matrix" else operands[0]
-        return dtype is None or first.dtype == dtype or (cast is not None and cast[0] == dtype)
+        current = dtype is None or first.dtype == dtype or (cast is not None and cast[0] == dtype)
+        if current:
+            self._checked_in = current_checked_pass()
+        return current
 
     def _held_matrix(self) -> torch.Tensor | None:
         held = self._valid_held("matrix")
@@ -329,13 +371,17 @@ class TTLinear(nn.Module):
             operands, cast = held
         if cast is not None and cast[0] == dtype:
             return cast[1], cast[2]
+        bias = self._parameters.get("bias")
+        if (operands[0] if form == "factors" else operands).dtype == dtype:
+            return operands, bias  # the cores' dtype (fp32 activations): nothing to cast
         operands = tuple(t.to(dtype) for t in operands) if form == "factors" else operands.to(dtype)
-        return operands, None if self.bias is None else self.bias.to(dtype)
+        return operands, None if bias is None else bias.to(dtype)
 
     def __getstate__(self):
         # copies (deepcopy, pickle) rebuild their own matrix: a held one may carry an autograd graph
         state = dict(super().__getstate__())
         state["_held"] = None
+        state["_checked_in"] = None
         return state
 
     def weight_matrix(self) -> torch.Tensor:

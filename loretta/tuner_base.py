@@ -100,8 +100,9 @@ class LorettaTunerBase(BaseTuner):
     def inject_adapter(self, model: nn.Module, adapter_name: str, *args, **kwargs) -> None:
         super().inject_adapter(model, adapter_name, *args, **kwargs)
         tt_batch.forget_tuner_layers(model)  # new tuner layers, maybe
-        if getattr(model, _REBUILD_HOOK, None) is None:  # one hook, however many adapters
-            setattr(model, _REBUILD_HOOK, model.register_forward_pre_hook(tt_batch.rebuild_before_forward))
+        if getattr(model, _REBUILD_HOOK, None) is None:  # one pair of hooks, however many adapters
+            setattr(model, _REBUILD_HOOK, (model.register_forward_pre_hook(tt_batch.rebuild_before_forward),
+                                           model.register_forward_hook(tt_batch.after_forward, always_call=True)))
         _warn_unused_tt_shapes(self.peft_config[adapter_name].tt_shapes, model)
 
     def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
@@ -243,9 +244,10 @@ class LorettaTunerBase(BaseTuner):
                 setattr(parent, child, module.to_dense_linear())
         restore_dtypes(model)  # first: a recomputed norm's forward is inside the masters' cast
         restore_forward(model)
-        handle = getattr(model, _REBUILD_HOOK, None)
-        if handle is not None:
-            handle.remove()
+        handles = getattr(model, _REBUILD_HOOK, None)
+        if handles is not None:
+            for handle in handles:
+                handle.remove()
             delattr(model, _REBUILD_HOOK)
         tt_batch.forget_tuner_layers(model)
         return model

@@ -10,7 +10,8 @@ training and are not used here). Per method: the prefill (a generate() of one ne
 cost of each further token, (time of `--new-tokens` - prefill) / (new tokens - 1): the decode step,
 where an adapter's per-layer overhead shows most (one token's worth of arithmetic against the same
 number of operator calls). Beside the times, the operators one decode step dispatches (views
-excluded; on a GPU each is at least one kernel launch), which no noise touches.
+excluded; on a GPU each is at least one kernel launch) and the Python function calls it makes
+(cProfile's count), which no noise touches.
 
 Methods: `base` (the model without adapters), PEFT `lora` (r=8, q/v) and `ia3`, `loretta_adp`,
 `loretta_rep`, and `loretta_rep_merged` (merge_and_unload(): a stock model again, so the base's
@@ -47,9 +48,14 @@ def prepare(preset_name: str, method: str):
     return wrapped.eval(), trainable
 
 
-def decode_step_ops(model, prompt) -> int:
-    """Operators dispatched by one decode step: a one-token forward on the prompt's KV cache (the
-    second such step: the first builds what is built once)."""
+def decode_step_counts(model, prompt) -> tuple[int, int]:
+    """(operators dispatched, Python function calls made) by one decode step: a one-token forward on
+    the prompt's KV cache (after one such step: the first builds what is built once). The Python calls
+    (cProfile's count, built-ins included) are the interpreter's share of a decode step, which on a
+    small model or a GPU is much of its time: like the operators, a count that no noise touches."""
+    import cProfile
+    import pstats
+
     import torch
 
     with torch.no_grad():
@@ -58,7 +64,11 @@ def decode_step_ops(model, prompt) -> int:
         model(input_ids=next_token, past_key_values=past, use_cache=True)
         with operator_counter() as ops:
             model(input_ids=next_token, past_key_values=past, use_cache=True)
-    return ops.calls
+        profile = cProfile.Profile()
+        profile.enable()
+        model(input_ids=next_token, past_key_values=past, use_cache=True)
+        profile.disable()
+    return ops.calls, pstats.Stats(profile).total_calls
 
 
 def run_worker(preset_name: str, method: str, batch: int, prompt_length: int, new_tokens: int, steps: int) -> dict:
@@ -85,8 +95,9 @@ def run_worker(preset_name: str, method: str, batch: int, prompt_length: int, ne
     for _ in range(steps):
         prefill.append(generate(1))
         full.append(generate(new_tokens))
+    ops, python_calls = decode_step_counts(model, prompt)
     return {"method": method, "trainable_params": trainable, "prefill_s": prefill, "full_s": full,
-            "ops_per_token": decode_step_ops(model, prompt)}
+            "ops_per_token": ops, "python_calls_per_token": python_calls}
 
 
 def per_token(record: dict, new_tokens: int) -> float:
@@ -123,6 +134,7 @@ def orchestrate(args) -> list[dict]:
             "vs_lora_by_round": ([m / l for m, l in zip(by_round[method], by_round["lora"])]
                                  if "lora" in reference else None),
             "ops_per_token": record["ops_per_token"],
+            "python_calls_per_token": record["python_calls_per_token"],
         })
     return rows
 
@@ -135,12 +147,12 @@ def markdown(rows, args) -> str:
     lines = [f"{args.preset}: {p.model_type} {p.dtype}, {p.device}; greedy generate(), batch {args.batch}, prompt "
              f"{args.prompt_length} tokens, {args.new_tokens} new tokens, {args.rounds} rounds x {args.steps}", "",
              "| method | trainable params | prefill (ms) | ms per new token | / base | / LoRA | / LoRA, each round "
-             "| ops per new token |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| ops per new token | Python calls per new token |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['method']} | {r['trainable_params']:,} | {r['prefill_ms']:.1f} | {r['ms_per_token']:.2f} | "
                      f"{fmt(r['vs_base'])} | {fmt(r['vs_lora'])} | {spread(r['vs_lora_by_round'])} | "
-                     f"{r['ops_per_token']:,} |")
+                     f"{r['ops_per_token']:,} | {r['python_calls_per_token']:,} |")
     return "\n".join(lines)
 
 

@@ -71,19 +71,20 @@ class LorettaAdpLayer(LorettaLayerBase):
         # the default scaling 1.0 skips an elementwise pass over the activations (forward and backward)
         return update if scaling == 1.0 else update * scaling
 
-    def _active_on(self, side: str) -> list[str]:
-        return [a for a in self.active_adapters if a in self.loretta_adp_down and self.side[a] == side]
-
     def forward(self, x: torch.Tensor, *args, adapter_names=None, **kwargs) -> torch.Tensor:
         if adapter_names is not None:
             return self._mixed_batch_forward(x, *args, adapter_names=adapter_names, **kwargs)
         if self.disable_adapters:
             return self.base_layer(x, *args, **kwargs)
-        for name in self._active_on(INPUT_SIDE):
-            x = x + self._adapter(name, x)
+        downs = self.loretta_adp_down
+        active = [a for a in self.active_adapters if a in downs]  # listed once: this runs every token of generate
+        for name in active:
+            if self.side[name] == INPUT_SIDE:
+                x = x + self._adapter(name, x)
         out = self.base_layer(x, *args, **kwargs)
-        for name in self._active_on(OUTPUT_SIDE):
-            out = out + self._adapter(name, out)
+        for name in active:
+            if self.side[name] == OUTPUT_SIDE:
+                out = out + self._adapter(name, out)
         return out
 
     def _mixed_batch_forward(self, x: torch.Tensor, *args, adapter_names, **kwargs) -> torch.Tensor:

@@ -9,7 +9,7 @@ from transformers.pytorch_utils import Conv1D
 
 from ..layer_base import LorettaLayerBase
 from ..quantized import add_to_weight
-from ..tt_linear import graph_wanted, held_is_stale
+from ..tt_linear import checked_in_this_pass, current_checked_pass, graph_wanted, held_is_stale
 
 
 def _lora_factors(a, b, a0=None, negated_b0=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,6 +35,7 @@ class LorettaRepLayer(LorettaLayerBase):
         self.scaling: dict[str, float] = {}
         # per adapter: (dtype, A^T, B * scaling, the cores' state) built for the whole model at once (factors_together)
         self._held_factors: dict[str, tuple] = {}
+        self._factors_checked_in: dict[str, object] = {}  # as TTLinear._checked_in, per adapter
         self.update_layer(adapter_name, config)
 
     def update_layer(self, adapter_name: str, config) -> None:
@@ -99,17 +100,22 @@ class LorettaRepLayer(LorettaLayerBase):
 
     def _holds_current_factors(self, name: str, dtype: torch.dtype) -> bool:
         """Whether the held factors of `name` serve a forward that wants no graph, as TTLinear.holds_current."""
-        if graph_wanted(self.loretta_rep_A[name].cores[0].requires_grad):
+        if graph_wanted(self.loretta_rep_A[name].first_core().requires_grad):
             return False
         held = self._valid_held_factors(name)
-        return held is not None and held[0] == dtype
+        current = held is not None and held[0] == dtype
+        if current:
+            self._factors_checked_in[name] = current_checked_pass()
+        return current
 
     def _valid_held_factors(self, name: str):
         held = self._held_factors.get(name)
         if held is None or torch.compiler.is_compiling():
             return None
         dtype, a_t, b_scaled, state = held
-        if held_is_stale(state, self._factors_state(name), a_t, self.loretta_rep_A[name].cores[0].requires_grad):
+        if checked_in_this_pass(self._factors_checked_in.get(name)):
+            return dtype, a_t, b_scaled
+        if held_is_stale(state, self._factors_state(name), a_t, self.loretta_rep_A[name].first_core().requires_grad):
             del self._held_factors[name]
             return None
         return dtype, a_t, b_scaled
@@ -148,16 +154,19 @@ class LorettaRepLayer(LorettaLayerBase):
             a_t, b_scaled = a_t.to(cast), b_scaled.to(cast)
             for (layer, name), a_i, b_i in zip(group, a_t.unbind(0), b_scaled.unbind(0)):
                 layer._held_factors[name] = (cast, a_i, b_i, layer._factors_state(name))
+                layer._factors_checked_in[name] = current_checked_pass()
 
     def delete_adapter(self, adapter_name: str) -> None:
         # the held factors of a deleted adapter would keep its tensors (and their graph) alive
         self._held_factors.pop(adapter_name, None)
+        self._factors_checked_in.pop(adapter_name, None)
         super().delete_adapter(adapter_name)
 
     def __getstate__(self):
         # copies (deepcopy, pickle) build their own: held factors may carry an autograd graph
         state = dict(super().__getstate__())
         state["_held_factors"] = {}
+        state["_factors_checked_in"] = {}
         return state
 
     def _mixed_batch_forward(self, x: torch.Tensor, *args, adapter_names, **kwargs) -> torch.Tensor:

@@ -158,7 +158,10 @@ def test_bench_generate_prints_a_row_per_method_and_refuses_bad_arguments(tmp_pa
     assert rows["loretta_rep_merged"]["ops_per_token"] == rows["base"]["ops_per_token"]
     assert rows["loretta_rep_merged"]["trainable_params"] > 0
     assert all(rows[m]["ops_per_token"] > rows["base"]["ops_per_token"] for m in ("lora", "loretta_adp"))
-    assert f"| {rows['loretta_adp']['ops_per_token']:,} |" in next(
+    assert rows["loretta_rep_merged"]["python_calls_per_token"] == rows["base"]["python_calls_per_token"]
+    assert rows["loretta_adp"]["python_calls_per_token"] > rows["lora"]["python_calls_per_token"] > rows["base"][
+        "python_calls_per_token"]
+    assert f"| {rows['loretta_adp']['ops_per_token']:,} | {rows['loretta_adp']['python_calls_per_token']:,} |" in next(
         line for line in proc.stdout.splitlines() if line.startswith("| loretta_adp |"))
     assert not list(tmp_path.glob("*.tmp"))
     for bad, message in ((["--new-tokens", "1"], "--new-tokens must be at least 2, got 1"),

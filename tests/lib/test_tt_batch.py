@@ -45,7 +45,8 @@ def _hook(model):
 
 def _rebuild_each_layer_alone(model):
     """No rebuilding together from now on, and nothing held: each layer builds its own (the reference)."""
-    _hook(model).remove()
+    for handle in _hook(model):
+        handle.remove()
     for module in model.modules():
         if isinstance(module, TTLinear):
             module._held = None
@@ -148,7 +149,8 @@ def test_gradient_accumulation_copies_and_unloading():
     with torch.no_grad():
         torch.testing.assert_close(clone(**batch).logits, model(**batch).logits)
     unloaded = model.merge_and_unload()
-    assert not hasattr(unloaded, "_loretta_rebuild_hook") and not unloaded._forward_pre_hooks
+    assert not hasattr(unloaded, "_loretta_rebuild_hook")
+    assert not unloaded._forward_pre_hooks and not unloaded._forward_hooks
 
 
 def test_rep_factors_put_together_give_way_when_the_cores_change_or_a_graph_is_wanted():
@@ -223,3 +225,54 @@ def test_changing_rep_scaling_is_seen_by_the_next_forward_without_a_graph():
             layer.scaling["default"] /= 2
         torch.testing.assert_close(model(**batch).logits, first, rtol=0, atol=0)
     assert not torch.allclose(doubled, first)
+
+
+def _tuner_layer_and_input(model):
+    layer = next(m for m in model.modules() if isinstance(m, LorettaLayerBase))
+    return layer, torch.randn(2, 3, layer.in_features)
+
+
+@pytest.mark.parametrize("method", ["adp", "adp_matrix", "rep"])
+@pytest.mark.parametrize("forward_raises", [False, True])
+def test_a_layer_called_on_its_own_after_a_model_forward_checks_its_cores_again(method, forward_raises):
+    """Inside a forward without a graph each layer trusts what the model's pre-hook checked; once the
+    forward is over (or has raised), a layer called on its own sees cores changed in between."""
+    model = _model(method).eval()
+    batch = tiny_batch(model)
+    layer, x = _tuner_layer_and_input(model)
+    with torch.no_grad():
+        if forward_raises:
+            with pytest.raises(IndexError):  # a token id past the vocabulary: after the pre-hook ran
+                model(input_ids=batch["input_ids"] + model.config.vocab_size)
+        else:
+            model(**batch)
+        for tt in layer.active_tt_layers():
+            tt.cores[0].mul_(2)  # an optimizer step between the forward and this call
+        out = layer(x)
+    _rebuild_each_layer_alone(model)
+    with torch.no_grad():
+        torch.testing.assert_close(out, layer(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", ["adp", "rep"])
+def test_a_forward_without_a_graph_checks_each_held_operand_once(method, monkeypatch):
+    """Each token of generate() checks each TT layer's held matrix or factors against its cores in the
+    model's pre-hook only, not again in the layer's own forward (Python time that a decode step of a
+    small model feels)."""
+    from loretta import tt_linear
+    from loretta.tt_batch import rebuild_before_forward
+
+    model = _model(method).eval()
+    batch = tiny_batch(model)
+    calls = []
+    state_key = TTLinear._state_key
+    monkeypatch.setattr(TTLinear, "_state_key", lambda self: calls.append(self) or state_key(self))
+    with torch.no_grad():
+        model(**batch)  # builds what is held
+        calls.clear()
+        rebuild_before_forward(model.base_model.model, ())
+        tt_linear.end_checked_pass()
+        in_the_hook = len(calls)
+        calls.clear()
+        model(**batch)
+    assert in_the_hook > 0 and len(calls) == in_the_hook
