@@ -276,3 +276,28 @@ def test_a_forward_without_a_graph_checks_each_held_operand_once(method, monkeyp
         calls.clear()
         model(**batch)
     assert in_the_hook > 0 and len(calls) == in_the_hook
+
+
+@pytest.mark.parametrize("method", ["adp", "adp_matrix", "rep"])
+def test_inference_mode_then_training_then_inference_mode_again(method):
+    """What is held or cached under torch.inference_mode (pipelines generate under it) is made of
+    inference tensors, which autograd cannot use: training afterwards rebuilds, and the next
+    evaluation sees the trained cores."""
+    model = _model(method).eval()
+    batch = tiny_batch(model)
+    with torch.inference_mode():
+        first = model(**batch).logits
+        model.generate(input_ids=batch["input_ids"][:1], max_new_tokens=3, do_sample=False)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, first, rtol=0, atol=0)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        model(**batch, labels=batch["input_ids"]).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    with torch.inference_mode():
+        trained = model(**batch).logits
+    _rebuild_each_layer_alone(model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, trained, rtol=0, atol=0)
+    assert not torch.equal(trained, first)
