@@ -8,6 +8,7 @@ from torch import nn
 
 from .mixed_batch import BASE, sub_batches
 from .presets import linear_features
+from .tt_batch import adapters_changed
 from .tt_linear import TTLinear
 from .tt_shapes import resolve_tt_shape
 
@@ -50,9 +51,11 @@ class LorettaLayerBase(nn.Module, BaseTunerLayer):
         return found
 
     @staticmethod
-    def factors_together(layers: list) -> None:
+    def factors_together(layers: list) -> list[tuple]:
         """After the TT layers are rebuilt together (tt_batch): whatever this layer type builds from
-        them for every layer at once (LoRETTA_rep: its concatenated, scaled factors). Nothing by default."""
+        them for every layer at once (LoRETTA_rep: its concatenated, scaled factors); returns the
+        (layer, adapter name) pairs that now hold them. Nothing by default."""
+        return []
 
     def activation_dtype(self) -> torch.dtype | None:
         """The dtype the adapters most likely see: the base weight's (None for quantized weights,
@@ -63,6 +66,11 @@ class LorettaLayerBase(nn.Module, BaseTunerLayer):
     def _finish_update(self, adapter_name: str) -> None:
         # New adapters start active only if they are the active one (peft's convention).
         self.set_adapter(self.active_adapters)
+        adapters_changed()
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        super().delete_adapter(adapter_name)
+        adapters_changed()
 
     def _mixed_sub_batches(self, x: torch.Tensor, adapter_names, adapters: nn.ModuleDict):
         """The (adapter, rows of x) groups of a mixed batch that this layer adapts."""

@@ -53,15 +53,18 @@ def _per_layer(parts, factors: bool) -> list:
     return list(zip(*slices)) if factors else list(slices[0])
 
 
-def rebuild_together(layers: list[TTLinear], dtypes: list[torch.dtype | None] | None = None) -> None:
+def rebuild_together(layers: list[TTLinear], dtypes: list[torch.dtype | None] | None = None) -> list[TTLinear]:
     """Rebuild the matrices (or factors) of `layers`, grouped by structure; `dtypes`: each layer's
-    expected activation dtype, to which they and the bias are cast in the same batched step (None: none)."""
+    expected activation dtype, to which they and the bias are cast in the same batched step (None: none).
+    Returns the layers that now hold what their forward will use (those in groups of two or more)."""
+    held: list[TTLinear] = []
     groups: dict[tuple, list[TTLinear]] = defaultdict(list)
     for layer, dtype in zip(layers, dtypes or [None] * len(layers)):
         groups[(layer.batch_key(), dtype, layer.bias is not None)].append(layer)
     for (_, dtype, has_bias), group in groups.items():
         if len(group) < 2:
             continue  # nothing to share: the layer rebuilds its own
+        held += group
         factors = group[0].multiplies_by_factors(group[0].first_core().device)
         if all(layer.holds_current("factors" if factors else "matrix", dtype) for layer in group):
             continue  # a forward without a graph, cores unchanged (generation: every new token)
@@ -73,6 +76,7 @@ def rebuild_together(layers: list[TTLinear], dtypes: list[torch.dtype | None] | 
             casts = [(dtype, cast_operands[i], cast_biases[i] if has_bias else None) for i in range(len(group))]
         for layer, operands, cast in zip(group, _per_layer(parts, factors), casts):
             layer.hold("factors" if factors else "matrix", operands, cast)
+    return held
 
 
 # the model's LoRETTA tuner layers, found once rather than by walking every module at every forward
@@ -82,6 +86,47 @@ _TUNER_LAYERS = "_loretta_tuner_layers"
 
 def forget_tuner_layers(model) -> None:
     model.__dict__.pop(_TUNER_LAYERS, None)
+    model.__dict__.pop(_NO_GRAPH_PLAN, None)
+
+
+# Which held operands a forward without a graph uses (each token of generate) changes only when the
+# adapters do: added, deleted, activated, enabled or disabled, merged. The pre-hook then does not work
+# out again which layers are active and how they group, but remembers that from the last such forward
+# and only checks that each of those layers still holds what matches its cores (the one check that
+# sees an optimizer step or a load). Whatever this plan misses, a layer it does not list checks its
+# own held operands in its forward, so a stale plan costs time, never correctness.
+_NO_GRAPH_PLAN = "_loretta_no_graph_plan"
+_adapters_epoch = 0
+
+
+def adapters_changed() -> None:
+    """Called by the tuner layers when an adapter is added or deleted: every remembered plan is redone."""
+    global _adapters_epoch
+    _adapters_epoch += 1
+
+
+def _adapter_flags(modules) -> tuple:
+    # PEFT's per-layer state, read directly (this runs every token): active adapters, disabled, merged
+    return _adapters_epoch, tuple([(m.__dict__.get("_active_adapter"), m.__dict__.get("_disable_adapters"),
+                                    len(m.__dict__.get("merged_adapters") or ())) for m in modules])
+
+
+def _plan_still_holds(model, modules) -> bool:
+    """Whether the last no-graph forward's layers still hold what matches their cores, with the adapters
+    as they were; if so, they are marked as checked for this forward."""
+    plan = model.__dict__.get(_NO_GRAPH_PLAN)
+    if plan is None or plan[0] != _adapter_flags(modules):
+        return False
+    _, tt_layers, factor_holders = plan
+    if not all(layer.held_is_current() for layer in tt_layers):
+        return False
+    if not all(module.held_factors_current(name) for module, name in factor_holders):
+        return False
+    for layer in tt_layers:
+        layer.mark_checked()
+    for module, name in factor_holders:
+        module.mark_factors_checked(name)
+    return True
 
 
 def _tuner_layers(model) -> list:
@@ -112,17 +157,24 @@ def rebuild_before_forward(model, args) -> None:
     if torch.compiler.is_compiling():
         return  # compiled, the rebuilds are part of the graph
     begin_checked_pass()  # a forward without a graph: the layers checked below need not check again
+    modules = _tuner_layers(model)
+    no_graph = not torch.is_grad_enabled()
+    if no_graph and _plan_still_holds(model, modules):
+        return
     layers, dtypes, by_type = [], [], defaultdict(list)
-    for module in _tuner_layers(model):
+    for module in modules:
         found = module.active_tt_layers()
         if found and _sharded(found[0]):
             continue
         layers += found
         dtypes += [module.activation_dtype()] * len(found)
         by_type[type(module)].append(module)
-    rebuild_together(layers, dtypes)
-    for layer_type, modules in by_type.items():
-        layer_type.factors_together(modules)
+    held = rebuild_together(layers, dtypes)
+    factor_holders = []
+    for layer_type, of_type in by_type.items():
+        factor_holders += layer_type.factors_together(of_type)
+    if no_graph:
+        model.__dict__[_NO_GRAPH_PLAN] = (_adapter_flags(modules), held, factor_holders)
 
 
 def after_forward(model, args, output) -> None:

@@ -330,6 +330,14 @@ class TTLinear(nn.Module):
         self._held = (form, operands, cast, self._state_key())
         self._checked_in = current_checked_pass()
 
+    def held_is_current(self) -> bool:
+        """Whether what this layer holds was built from its cores as they are now (tt_batch's plan)."""
+        held = self._held
+        return held is not None and held[3] == self._state_key()
+
+    def mark_checked(self) -> None:
+        self._checked_in = current_checked_pass()
+
     def _valid_held(self, form: str):
         if self._held is None or torch.compiler.is_compiling():
             return None

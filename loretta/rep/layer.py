@@ -120,14 +120,22 @@ class LorettaRepLayer(LorettaLayerBase):
             return None
         return dtype, a_t, b_scaled
 
+    def held_factors_current(self, name: str) -> bool:
+        """Whether the held factors of `name` were put together from the cores and scaling as they are now."""
+        held = self._held_factors.get(name)
+        return held is not None and held[3] == self._factors_state(name)
+
+    def mark_factors_checked(self, name: str) -> None:
+        self._factors_checked_in[name] = current_checked_pass()
+
     @staticmethod
-    def factors_together(layers: list[LorettaRepLayer]) -> None:
+    def factors_together(layers: list[LorettaRepLayer]) -> list[tuple[LorettaRepLayer, str]]:
         """Put together every active adapter's (A^T, B * scaling) for the model's forward, stacked by
         structure: one concatenation with A0 / -B0, one scaling and one cast per group of same-shaped
         layers instead of per layer (operators that each cost a kernel launch on a GPU). Runs after
         tt_batch.rebuild_together, whose matrices it stacks; the values are those of each layer's
         own _scaled_factors."""
-        groups = defaultdict(list)
+        groups, holders = defaultdict(list), []
         for layer in layers:
             if layer.disable_adapters or layer.merged:
                 continue
@@ -139,6 +147,7 @@ class LorettaRepLayer(LorettaLayerBase):
         for (_, _, scaling, dtype), group in groups.items():
             if len(group) < 2:
                 continue  # nothing to share
+            holders += group
             pairs = [(layer.loretta_rep_A[name], layer.loretta_rep_B[name]) for layer, name in group]
             cast = dtype if dtype is not None else pairs[0][0].cores[0].dtype
             if all(layer._holds_current_factors(name, cast) for layer, name in group):
@@ -155,6 +164,7 @@ class LorettaRepLayer(LorettaLayerBase):
             for (layer, name), a_i, b_i in zip(group, a_t.unbind(0), b_scaled.unbind(0)):
                 layer._held_factors[name] = (cast, a_i, b_i, layer._factors_state(name))
                 layer._factors_checked_in[name] = current_checked_pass()
+        return holders
 
     def delete_adapter(self, adapter_name: str) -> None:
         # the held factors of a deleted adapter would keep its tensors (and their graph) alive

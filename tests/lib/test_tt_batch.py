@@ -301,3 +301,82 @@ def test_inference_mode_then_training_then_inference_mode_again(method):
     with torch.no_grad():
         torch.testing.assert_close(model(**batch).logits, trained, rtol=0, atol=0)
     assert not torch.equal(trained, first)
+
+
+def _two_adapters(method):
+    """_model(method) with a second adapter "other", its parameters perturbed as the first's."""
+    model = _model(method).eval()
+    model.add_adapter("other", METHODS[method]())
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".other." in name:
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return model
+
+
+def _reference_logits(model, batch, adapter):
+    """The logits of `adapter` alone, from a copy where every layer rebuilds its own."""
+    reference = copy.deepcopy(model)
+    reference.set_adapter(adapter)
+    _rebuild_each_layer_alone(reference)
+    with torch.no_grad():
+        return reference(**batch).logits
+
+
+@pytest.mark.parametrize("method", ["adp", "rep"])
+def test_forwards_without_a_graph_follow_adapter_switches_and_disabling(method):
+    """Each token of generate() reuses the last such forward's list of layers to check; switching,
+    disabling or adding adapters makes the next forward work it out again."""
+    model = _two_adapters(method)
+    batch = tiny_batch(model)
+    expected = {name: _reference_logits(model, batch, name) for name in ("default", "other")}
+    with torch.no_grad():
+        for name in ("default", "other", "other", "default"):
+            model.set_adapter(name)
+            torch.testing.assert_close(model(**batch).logits, expected[name], rtol=0, atol=0)
+            active = [tt for module in model.modules() if isinstance(module, LorettaLayerBase)
+                      for tt in module.active_tt_layers()]
+            assert active and all(tt._held is not None for tt in active)  # rebuilt together, not each alone
+        with model.disable_adapter():
+            base = model(**batch).logits
+        torch.testing.assert_close(model(**batch).logits, expected["default"], rtol=0, atol=0)
+        with model.disable_adapter():
+            torch.testing.assert_close(model(**batch).logits, base, rtol=0, atol=0)
+    assert not torch.equal(base, expected["default"])
+
+
+@pytest.mark.parametrize("method", ["adp", "rep"])
+def test_a_stale_list_of_layers_costs_time_not_correctness(method, monkeypatch):
+    """Were a change of adapters ever missed (the remembered list kept), the layers it does not list
+    check their own held operands: the outputs stay right."""
+    from loretta import tt_batch
+
+    model = _two_adapters(method)
+    batch = tiny_batch(model)
+    expected = _reference_logits(model, batch, "other")
+    monkeypatch.setattr(tt_batch, "_adapter_flags", lambda modules: "never changes")
+    with torch.no_grad():
+        model(**batch)  # remembers the "default" adapter's layers
+        model.set_adapter("other")
+        torch.testing.assert_close(model(**batch).logits, expected, rtol=0, atol=0)
+        torch.testing.assert_close(model(**batch).logits, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", ["adp", "rep"])
+def test_steady_forwards_without_a_graph_do_not_work_out_the_active_layers_again(method, monkeypatch):
+    model = _model(method).eval()
+    batch = tiny_batch(model)
+    calls = []
+    original = LorettaLayerBase.active_tt_layers
+    monkeypatch.setattr(LorettaLayerBase, "active_tt_layers", lambda self: calls.append(self) or original(self))
+    with torch.no_grad():
+        model(**batch)
+        assert calls
+        calls.clear()
+        model(**batch)
+        assert calls == []
+        for tt in (m for m in model.modules() if isinstance(m, TTLinear)):
+            tt.cores[0].mul_(1.5)  # an optimizer step: the next forward rebuilds, working them out again
+        model(**batch)
+        assert calls
