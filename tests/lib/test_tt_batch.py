@@ -172,6 +172,13 @@ def test_rep_factors_put_together_give_way_when_the_cores_change_or_a_graph_is_w
     assert layer._valid_held_factors("default") is None
 
 
+def _record_calls(monkeypatch, cls, name: str) -> list:
+    """The instances `cls.name` is called on from now on (the method still runs)."""
+    calls, method = [], getattr(cls, name)
+    monkeypatch.setattr(cls, name, lambda self: calls.append(self) or method(self))
+    return calls
+
+
 def _held_objects(model):
     tts = [id(m._held[1]) for m in model.modules() if isinstance(m, TTLinear) and m._held is not None]
     reps = [id(held[1]) for m in model.modules() if isinstance(m, LorettaRepLayer) for held in m._held_factors.values()]
@@ -264,9 +271,7 @@ def test_a_forward_without_a_graph_checks_each_held_operand_once(method, monkeyp
 
     model = _model(method).eval()
     batch = tiny_batch(model)
-    calls = []
-    state_key = TTLinear._state_key
-    monkeypatch.setattr(TTLinear, "_state_key", lambda self: calls.append(self) or state_key(self))
+    calls = _record_calls(monkeypatch, TTLinear, "_state_key")
     with torch.no_grad():
         model(**batch)  # builds what is held
         calls.clear()
@@ -367,9 +372,7 @@ def test_a_stale_list_of_layers_costs_time_not_correctness(method, monkeypatch):
 def test_steady_forwards_without_a_graph_do_not_work_out_the_active_layers_again(method, monkeypatch):
     model = _model(method).eval()
     batch = tiny_batch(model)
-    calls = []
-    original = LorettaLayerBase.active_tt_layers
-    monkeypatch.setattr(LorettaLayerBase, "active_tt_layers", lambda self: calls.append(self) or original(self))
+    calls = _record_calls(monkeypatch, LorettaLayerBase, "active_tt_layers")
     with torch.no_grad():
         model(**batch)
         assert calls
