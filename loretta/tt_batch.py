@@ -84,11 +84,6 @@ def rebuild_together(layers: list[TTLinear], dtypes: list[torch.dtype | None] | 
 _TUNER_LAYERS = "_loretta_tuner_layers"
 
 
-def forget_tuner_layers(model) -> None:
-    model.__dict__.pop(_TUNER_LAYERS, None)
-    model.__dict__.pop(_NO_GRAPH_PLAN, None)
-
-
 # Which held operands a forward without a graph uses (each token of generate) changes only when the
 # adapters do: added, deleted, activated, enabled or disabled, merged. The pre-hook then does not work
 # out again which layers are active and how they group, but remembers that from the last such forward
@@ -97,6 +92,11 @@ def forget_tuner_layers(model) -> None:
 # own held operands in its forward, so a stale plan costs time, never correctness.
 _NO_GRAPH_PLAN = "_loretta_no_graph_plan"
 _adapters_epoch = 0
+
+
+def forget_tuner_layers(model) -> None:
+    model.__dict__.pop(_TUNER_LAYERS, None)
+    model.__dict__.pop(_NO_GRAPH_PLAN, None)
 
 
 def adapters_changed() -> None:
@@ -111,11 +111,11 @@ def _adapter_flags(modules) -> tuple:
                                     len(m.__dict__.get("merged_adapters") or ())) for m in modules])
 
 
-def _plan_still_holds(model, modules) -> bool:
+def _plan_still_holds(model, flags: tuple) -> bool:
     """Whether the last no-graph forward's layers still hold what matches their cores, with the adapters
-    as they were; if so, they are marked as checked for this forward."""
+    as they were (`flags`); if so, they are marked as checked for this forward."""
     plan = model.__dict__.get(_NO_GRAPH_PLAN)
-    if plan is None or plan[0] != _adapter_flags(modules):
+    if plan is None or plan[0] != flags:
         return False
     _, tt_layers, factor_holders = plan
     if not all(layer.held_is_current() for layer in tt_layers):
@@ -158,8 +158,8 @@ def rebuild_before_forward(model, args) -> None:
         return  # compiled, the rebuilds are part of the graph
     begin_checked_pass()  # a forward without a graph: the layers checked below need not check again
     modules = _tuner_layers(model)
-    no_graph = not torch.is_grad_enabled()
-    if no_graph and _plan_still_holds(model, modules):
+    flags = _adapter_flags(modules) if not torch.is_grad_enabled() else None  # None: a graph is wanted
+    if flags is not None and _plan_still_holds(model, flags):
         return
     layers, dtypes, by_type = [], [], defaultdict(list)
     for module in modules:
@@ -173,8 +173,8 @@ def rebuild_before_forward(model, args) -> None:
     factor_holders = []
     for layer_type, of_type in by_type.items():
         factor_holders += layer_type.factors_together(of_type)
-    if no_graph:
-        model.__dict__[_NO_GRAPH_PLAN] = (_adapter_flags(modules), held, factor_holders)
+    if flags is not None:
+        model.__dict__[_NO_GRAPH_PLAN] = (flags, held, factor_holders)
 
 
 def after_forward(model, args, output) -> None:

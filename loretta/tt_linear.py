@@ -328,7 +328,7 @@ class TTLinear(nn.Module):
         "factors", a (Lt, R) pair) for as long as the cores stay as they are; `cast` = (dtype,
         operands, bias) already cast to the activations' dtype, for forward()."""
         self._held = (form, operands, cast, self._state_key())
-        self._checked_in = current_checked_pass()
+        self.mark_checked()
 
     def held_is_current(self) -> bool:
         """Whether what this layer holds was built from its cores as they are now (tt_batch's plan)."""
@@ -336,6 +336,7 @@ class TTLinear(nn.Module):
         return held is not None and held[3] == self._state_key()
 
     def mark_checked(self) -> None:
+        """What this layer holds was checked (or built) in the forward now running: it need not check again."""
         self._checked_in = current_checked_pass()
 
     def _valid_held(self, form: str):
@@ -363,7 +364,7 @@ class TTLinear(nn.Module):
         first = operands if form == "matrix" else operands[0]
         current = dtype is None or first.dtype == dtype or (cast is not None and cast[0] == dtype)
         if current:
-            self._checked_in = current_checked_pass()
+            self.mark_checked()
         return current
 
     def _held_matrix(self) -> torch.Tensor | None:

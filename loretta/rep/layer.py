@@ -105,7 +105,7 @@ class LorettaRepLayer(LorettaLayerBase):
         held = self._valid_held_factors(name)
         current = held is not None and held[0] == dtype
         if current:
-            self._factors_checked_in[name] = current_checked_pass()
+            self.mark_factors_checked(name)
         return current
 
     def _valid_held_factors(self, name: str):
@@ -126,6 +126,7 @@ class LorettaRepLayer(LorettaLayerBase):
         return held is not None and held[3] == self._factors_state(name)
 
     def mark_factors_checked(self, name: str) -> None:
+        """As TTLinear.mark_checked, for the factors of `name`."""
         self._factors_checked_in[name] = current_checked_pass()
 
     @staticmethod
@@ -163,7 +164,7 @@ class LorettaRepLayer(LorettaLayerBase):
             a_t, b_scaled = a_t.to(cast), b_scaled.to(cast)
             for (layer, name), a_i, b_i in zip(group, a_t.unbind(0), b_scaled.unbind(0)):
                 layer._held_factors[name] = (cast, a_i, b_i, layer._factors_state(name))
-                layer._factors_checked_in[name] = current_checked_pass()
+                layer.mark_factors_checked(name)
         return holders
 
     def delete_adapter(self, adapter_name: str) -> None:
