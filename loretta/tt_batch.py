@@ -174,7 +174,9 @@ def rebuild_before_forward(model, args) -> None:
     for layer_type, of_type in by_type.items():
         factor_holders += layer_type.factors_together(of_type)
     if flags is not None:
-        model.__dict__[_NO_GRAPH_PLAN] = (flags, held, factor_holders)
+        # a TT layer whose product is held as factors (LoRETTA_rep's A and B) is checked with them
+        covered = {id(tt) for module, name in factor_holders for tt in module.factor_tt_layers(name)}
+        model.__dict__[_NO_GRAPH_PLAN] = (flags, [tt for tt in held if id(tt) not in covered], factor_holders)
 
 
 def after_forward(model, args, output) -> None:

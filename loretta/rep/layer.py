@@ -95,8 +95,14 @@ class LorettaRepLayer(LorettaLayerBase):
         a_t, b = self._factors(name)
         return a_t.to(dtype), (b * self.scaling[name]).to(dtype)
 
+    def factor_tt_layers(self, name: str) -> tuple:
+        """The TT layers whose matrices the held factors of `name` are made of (their state is part of
+        the factors' state, so checking the factors checks them)."""
+        return self.loretta_rep_A[name], self.loretta_rep_B[name]
+
     def _factors_state(self, name: str) -> tuple:
-        return self.loretta_rep_A[name]._state_key(), self.loretta_rep_B[name]._state_key(), self.scaling[name]
+        a, b = self.factor_tt_layers(name)
+        return a._state_key(), b._state_key(), self.scaling[name]
 
     def _holds_current_factors(self, name: str, dtype: torch.dtype) -> bool:
         """Whether the held factors of `name` serve a forward that wants no graph, as TTLinear.holds_current."""

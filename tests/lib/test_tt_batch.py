@@ -281,6 +281,8 @@ def test_a_forward_without_a_graph_checks_each_held_operand_once(method, monkeyp
         calls.clear()
         model(**batch)
     assert in_the_hook > 0 and len(calls) == in_the_hook
+    tt_layers = [m for m in model.modules() if isinstance(m, TTLinear)]
+    assert sorted(map(id, calls)) == sorted(map(id, tt_layers))  # each once (rep: with its held factors)
 
 
 @pytest.mark.parametrize("method", ["adp", "adp_matrix", "rep"])
