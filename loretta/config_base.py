@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from peft import PeftConfig
+from peft import PeftConfig, TaskType
 
 from .tt_linear import FORWARD_MODES, INIT_METHODS
 from .tt_shapes import validate_tt_shapes_mapping
@@ -21,6 +21,29 @@ def check_positive_int(name: str, value) -> None:
 def check_probability(name: str, value) -> None:
     if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+
+
+def names_or_regex(field_name: str, value):
+    """As PEFT reads target_modules: None, one string (a regex, or "all-linear"), or module names (a list;
+    a set or tuple is sorted into one)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (set, tuple)):
+        value = sorted(value)
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise ValueError(f"{field_name} must be None, a regex string or a list of module names, got {value!r}")
+    return value
+
+
+def name_list(field_name: str, value) -> list[str] | None:
+    """A list of module names; one name given as a string is a list of one (not of its characters)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, (list, tuple, set)) or not all(isinstance(name, str) for name in value):
+        raise ValueError(f"{field_name} must be a module name or a list of them, got {value!r}")
+    return list(value) if not isinstance(value, set) else sorted(value)
 
 
 @dataclass
@@ -65,8 +88,9 @@ class LorettaConfigBase(PeftConfig):
         default="noise_reduction",
         metadata={
             "help": "'noise_reduction' (default): Gaussian cores minus their frozen initial product, so the output "
-            "is unchanged at step 0 and every core trains from the first step; 'identity': the last core of the "
-            "output-side factor is zero (output unchanged, slower start); 'gaussian': the released code's Gaussian "
+            "is unchanged at step 0 and every core but those of LoRETTA_adp's down projection gets gradient from the "
+            "first step; 'identity': the last core of the output-side factor is zero (output unchanged, slower "
+            "start); 'gaussian': the released code's Gaussian "
             "cores (the output changes at step 0). Chosen by the SST-2 ablation in the README."
         },
     )
@@ -97,14 +121,15 @@ class LorettaConfigBase(PeftConfig):
             raise ValueError(f"tt_forward {self.tt_forward!r} is not one of {list(FORWARD_MODES)}")
         if self.bias not in BIAS_CHOICES:
             raise ValueError(f"bias {self.bias!r} is not one of {list(BIAS_CHOICES)}")
-        validate_tt_shapes_mapping(self.tt_shapes)
-        if isinstance(self.target_modules, (set, tuple)):
-            self.target_modules = sorted(self.target_modules)
-        if isinstance(self.exclude_modules, (set, tuple)):
-            self.exclude_modules = sorted(self.exclude_modules)
+        self.tt_shapes = validate_tt_shapes_mapping(self.tt_shapes)
+        # TaskType is a str enum, but str() of a member is 'TaskType.SEQ_CLS' in Python >= 3.11: the
+        # plain name, as saved to adapter_config.json, is what the tuners compare against
+        if isinstance(self.task_type, TaskType):
+            self.task_type = self.task_type.value
+        self.target_modules = names_or_regex("target_modules", self.target_modules)
+        self.exclude_modules = names_or_regex("exclude_modules", self.exclude_modules)
         self._validate_layer_selection()
-        if self.modules_to_save is not None:
-            self.modules_to_save = list(self.modules_to_save)
+        self.modules_to_save = name_list("modules_to_save", self.modules_to_save)
 
     def _validate_layer_selection(self) -> None:
         layers = self.layers_to_transform

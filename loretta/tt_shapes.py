@@ -116,17 +116,25 @@ def validate_tt_shape(shape, in_features: int, out_features: int) -> None:
         )
 
 
-def validate_tt_shapes_mapping(tt_shapes) -> None:
-    """Check a user's `tt_shapes` mapping {'INxOUT': [modes]} before any model is touched."""
+def validate_tt_shapes_mapping(tt_shapes) -> dict[str, list[int]] | None:
+    """Check a user's `tt_shapes` mapping {'INxOUT': [modes]} before any model is touched; the same mapping
+    with each key written as shape_key writes it ('768X064' -> '768x64'), the form layers look up."""
     if tt_shapes is None:
-        return
+        return None
     if not isinstance(tt_shapes, dict):
         raise ValueError(f"tt_shapes must be a mapping like {{'768x64': [8, 8, 12, 8, 8]}}, got {tt_shapes!r}")
+    canonical: dict[str, list[int]] = {}
     for key, shape in tt_shapes.items():
-        parts = str(key).lower().split("x")
+        parts = str(key).strip().lower().split("x")
         if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
             raise ValueError(f"tt_shapes key {key!r} is invalid: expected 'INxOUT' such as '768x64'")
-        validate_tt_shape(tuple(shape) if isinstance(shape, (list, tuple)) else shape, int(parts[0]), int(parts[1]))
+        in_features, out_features = int(parts[0]), int(parts[1])
+        validate_tt_shape(tuple(shape) if isinstance(shape, (list, tuple)) else shape, in_features, out_features)
+        size = shape_key(in_features, out_features)
+        if size in canonical:
+            raise ValueError(f"tt_shapes gives the size {size} twice (key {key!r}): give one shape per size")
+        canonical[size] = list(shape)
+    return canonical
 
 
 def tt_num_params(shape, rank: int) -> int:

@@ -18,7 +18,7 @@ from torch import nn
 
 from . import tt_batch
 from .master_weights import keep_float32_masters, restore_dtypes
-from .mixed_batch import adapter_names_hooks
+from .mixed_batch import BASE, adapter_names_hooks
 from .norm_recompute import recompute_in_backward, restore_forward, saves_memory_when_recomputed
 from .presets import FAMILY_PRESETS, linear_features, linear_layer_names, name_matches, norm_module_names, preset_for
 from .quantized import keep_4bit_training_layout
@@ -32,9 +32,21 @@ _REBUILD_HOOK = "_loretta_rebuild_hook"
 _WRAPPED = re.compile(r"\.(original_module|modules_to_save)(\.|$)")
 
 
+def task_name(peft_config) -> str | None:
+    """The config's task type as its plain name ('SEQ_CLS'), also when it was set to a TaskType member
+    after the config was made (str() of one is 'TaskType.SEQ_CLS')."""
+    task = peft_config.task_type
+    return getattr(task, "value", task)
+
+
 def _unwrapped_name(name: str) -> str:
     match = _WRAPPED.search(name)
     return name[: match.start()] if match else name
+
+
+def _outside_peft_wrappers(name: str) -> bool:
+    """Not a module inside a tuner layer (its base layer, adapter dicts) or a modules_to_save wrapper."""
+    return _unwrapped_name(name) == name and not re.search(r"\.(base_layer|loretta_\w+)(\.|$)", name)
 
 
 # PEFT's layer-index rules (peft.tuners.tuners_utils.check_target_module_exists), applied to layer norms
@@ -98,7 +110,15 @@ class LorettaTunerBase(BaseTuner):
             yield
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, *args, **kwargs) -> None:
-        super().inject_adapter(model, adapter_name, *args, **kwargs)
+        if adapter_name == BASE:
+            raise ValueError(f"the adapter name {BASE!r} is reserved: in a mixed batch (adapter_names=[...]) it "
+                             "stands for the base model without adapters; choose another name")
+        self._heads_to_install = []  # filled by _prepare_head, once PEFT has made the head's copies
+        try:
+            super().inject_adapter(model, adapter_name, *args, **kwargs)
+            self._install_heads(model, adapter_name)
+        finally:
+            self._heads_to_install = []
         tt_batch.forget_tuner_layers(model)  # new tuner layers, maybe
         if getattr(model, _REBUILD_HOOK, None) is None:  # one pair of hooks, however many adapters
             setattr(model, _REBUILD_HOOK, (model.register_forward_pre_hook(tt_batch.rebuild_before_forward),
@@ -140,7 +160,7 @@ class LorettaTunerBase(BaseTuner):
             self._default_targets(preset.present_in(_linear_layer_keys(model)), peft_config)
         self._check_targeted(peft_config, self._check_targets_exist(peft_config, model))
         keep_4bit_training_layout(model)
-        if str(peft_config.task_type) == "SEQ_CLS" and preset is not None and preset.head_dense:
+        if task_name(peft_config) == "SEQ_CLS" and preset is not None and preset.head_dense:
             self._prepare_head(peft_config, model, preset.head_dense)
         if peft_config.trainable_layer_norms:
             frozen = preset.frozen_norms if preset is not None else ()
@@ -169,9 +189,9 @@ class LorettaTunerBase(BaseTuner):
             return
         _maybe_include_all_linear_layers(peft_config, model)
         whole = list(peft_config.modules_to_save or [])
-        if str(peft_config.task_type) in ("SEQ_CLS", "TOKEN_CLS"):
+        if task_name(peft_config) in ("SEQ_CLS", "TOKEN_CLS"):
             whole += ["classifier", "score"]  # the label head, which PEFT trains whole for these tasks
-        if str(peft_config.task_type) == "SEQ_CLS" and preset is not None and preset.head_dense:
+        if task_name(peft_config) == "SEQ_CLS" and preset is not None and preset.head_dense:
             whole.append(preset.head_dense.rpartition(".")[0])
         peft_config.target_modules = sorted(n for n in peft_config.target_modules if not _inside(n, whole))
 
@@ -182,6 +202,16 @@ class LorettaTunerBase(BaseTuner):
         """The linear layers the config's targets (and layer selection) will adapt; an error listing the
         model's linear layers if none."""
         targeted = [n for n in _linear_layer_keys(model) if check_target_module_exists(peft_config, n)]
+        # PEFT would hand these to the tuner layer, which fails with a TypeError naming only the class
+        not_linear = [f"{n} ({type(m).__name__})" for n, m in model.named_modules()
+                      if n and _outside_peft_wrappers(n) and linear_features(m) is None and not isinstance(m, TTLinear)
+                      and check_target_module_exists(peft_config, n)]
+        if not_linear:
+            shown = ", ".join(not_linear[:3]) + (f" and {len(not_linear) - 3} more" if len(not_linear) > 3 else "")
+            raise ValueError(
+                f"target_modules={peft_config.target_modules!r} matches {shown}, not a linear layer: LoRETTA adapts "
+                f"nn.Linear and transformers Conv1D layers; this model's linear layers: {linear_layer_names(model)}"
+            )
         if not targeted:
             selection = "".join(
                 f", {field}={getattr(peft_config, field)!r}"
@@ -195,28 +225,38 @@ class LorettaTunerBase(BaseTuner):
         return targeted
 
     def _prepare_head(self, peft_config, model: nn.Module, head_dense: str) -> None:
-        for name, module in list(model.named_modules()):
-            if _unwrapped_name(name) != name or not name_matches(name, [head_dense]):
-                continue
-            if peft_config.tensorized_head and type(module) is nn.Linear:
-                parent_name, _, child = name.rpartition(".")
-                parent = model.get_submodule(parent_name) if parent_name else model
-                shape = resolve_tt_shape(module.in_features, module.out_features, peft_config.tt_shapes)
-                tt = TTLinear(
-                    module.in_features,
-                    module.out_features,
-                    shape,
-                    peft_config.tensor_rank,
-                    bias=module.bias is not None,
-                    init="gaussian",
-                    device=module.weight.device,
-                    forward=peft_config.tt_forward,
-                    dense_dtype=module.weight.dtype,
-                )
-                setattr(parent, child, tt)
-        # The head's parent (pooler / classification head) is trained and saved as a whole: with a
-        # TT layer inside when tensorized, densely otherwise.
+        """The head's parent (pooler / classification head) is trained and saved as a whole, as one
+        modules_to_save copy per adapter. Tensorized, the copy's hidden x hidden layer is a TT layer (the
+        paper's tensorized head: new Gaussian cores, as the label projection after it is new too), made
+        here and put into the copy once PEFT has made it (_install_heads). The original keeps its
+        pretrained layer: disable_adapter() and the "__base__" rows of a mixed batch run the model as it
+        was."""
         self._add_modules_to_save(peft_config, [head_dense.rpartition(".")[0]])
+        if not peft_config.tensorized_head:
+            return
+        for name, module in model.named_modules():
+            plain = name.replace(".original_module.", ".")  # a head another adapter already wraps
+            if ".modules_to_save." in name or type(module) is not nn.Linear or not name_matches(plain, [head_dense]):
+                continue
+            shape = resolve_tt_shape(module.in_features, module.out_features, peft_config.tt_shapes)
+            tt = TTLinear(
+                module.in_features,
+                module.out_features,
+                shape,
+                peft_config.tensor_rank,
+                bias=module.bias is not None,
+                init="gaussian",
+                device=module.weight.device,
+                forward=peft_config.tt_forward,
+                dense_dtype=module.weight.dtype,
+            )
+            self._heads_to_install.append((plain, tt))
+
+    def _install_heads(self, model: nn.Module, adapter_name: str) -> None:
+        for name, tt in self._heads_to_install:
+            parent_name, _, child = name.rpartition(".")
+            wrapper = model.get_submodule(parent_name)
+            setattr(wrapper.modules_to_save[adapter_name], child, tt)
 
     @staticmethod
     def _add_modules_to_save(peft_config, names) -> None:

@@ -5,7 +5,7 @@ from typing import Optional
 
 from transformers.activations import ACT2FN
 
-from ..config_base import LorettaConfigBase, check_positive_int, check_probability
+from ..config_base import LorettaConfigBase, check_positive_int, check_probability, name_list
 
 PEFT_TYPE = "LORETTA_ADP"
 
@@ -26,7 +26,9 @@ class LorettaAdpConfig(LorettaConfigBase):
     tensorized: bool = field(default=True, metadata={"help": "TT projections (True) or dense ones (False)."})
     input_side_modules: Optional[list[str]] = field(
         default=None,
-        metadata={"help": "Targets whose adapter goes on the input side; None uses the family preset."},
+        metadata={"help": "Targets whose adapter goes on the input side (a name or a list). None: with the default "
+                  "targets (target_modules=None), the family preset's (LLaMA: gate_proj, up_proj); with targets "
+                  "given, every adapter sits on its layer's output."},
     )
 
     def __post_init__(self):
@@ -39,5 +41,4 @@ class LorettaAdpConfig(LorettaConfigBase):
             raise ValueError(f"non_linearity {self.non_linearity!r} is not one of {sorted(ACT2FN)}")
         if not isinstance(self.scaling, (int, float)):
             raise ValueError(f"scaling must be a number, got {self.scaling!r}")
-        if self.input_side_modules is not None:
-            self.input_side_modules = list(self.input_side_modules)
+        self.input_side_modules = name_list("input_side_modules", self.input_side_modules)

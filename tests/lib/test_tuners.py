@@ -53,6 +53,40 @@ def test_task_type_accepts_strings_and_enum_members(task_type):
     assert LorettaRepConfig(task_type=task_type).task_type == task_type
 
 
+def _base(family, task):
+    if task != "TOKEN_CLS":
+        return tiny_model(family, task=task)
+    from transformers import AutoModelForTokenClassification
+
+    from .tiny_models import tiny_config
+
+    torch.manual_seed(0)
+    return AutoModelForTokenClassification.from_config(tiny_config(family, num_labels=3)).eval()
+
+
+@pytest.mark.parametrize(("family", "task", "method", "extra"), [
+    ("bert", "SEQ_CLS", "adp", {}),
+    ("roberta", "SEQ_CLS", "rep", {}),
+    ("bert", "SEQ_CLS", "rep", {"target_modules": "all-linear"}),
+    ("bert", "TOKEN_CLS", "rep", {"target_modules": "all-linear"}),
+    ("llama", "CAUSAL_LM", "adp", {}),
+])
+def test_a_task_type_member_builds_the_model_its_name_builds(tmp_path, family, task, method, extra):
+    """TaskType.SEQ_CLS and "SEQ_CLS" are the same task: the same modules adapted and trained (for
+    sequence classification: the tensorized head, not an adapter on it), and the model saves and loads."""
+    def trainable(model):
+        return sorted(n for n, p in model.named_parameters() if p.requires_grad)
+
+    by_name = get_peft_model(_base(family, task), METHODS[method](task, **extra))
+    by_member = get_peft_model(_base(family, task), METHODS[method](TaskType[task], **extra))
+    assert trainable(by_member) == trainable(by_name)
+    _perturb_adapters(by_member)
+    by_member.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(_base(family, task), tmp_path)
+    batch = tiny_batch(loaded)
+    torch.testing.assert_close(_logits(loaded, batch), _logits(by_member, batch), rtol=0, atol=0)
+
+
 def test_token_classification_and_seq2seq_models():
     from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoModelForTokenClassification
 
@@ -264,18 +298,26 @@ def test_peft_low_level_api_injects_and_round_trips_the_state_dict(method):
     torch.testing.assert_close(_logits(other, batch), adapted)
 
 
+@pytest.mark.parametrize("family", ["llama", "bert", "roberta", "deberta", "bart"])
 @pytest.mark.parametrize("method", ["adp", "rep"])
-def test_disable_adapter_gives_the_base_model(method):
-    base = tiny_model("llama", task="CAUSAL_LM")
+def test_disable_adapter_gives_the_base_model(family, method):
+    """Also with a tensorized classification head: the pretrained hidden x hidden layer stays in the
+    model as it was, the TT layer is the adapter's copy, so the base model (and a mixed batch's
+    "__base__" rows) runs with the pretrained head."""
+    task = default_task(family)
+    base = tiny_model(family, task=task)
     batch = tiny_batch(base)
     before = _logits(base, batch)
-    model = get_peft_model(base, METHODS[method]("CAUSAL_LM"))
+    model = get_peft_model(base, METHODS[method](task)).eval()
     _perturb_adapters(model)
     adapted = _logits(model, batch)
     assert not torch.allclose(adapted, before)
     with model.disable_adapter():
-        torch.testing.assert_close(_logits(model, batch), before)
+        torch.testing.assert_close(_logits(model, batch), before, rtol=0, atol=0)
     torch.testing.assert_close(_logits(model, batch), adapted)
+    mixed = _logits(model, {**batch, "adapter_names": ["__base__", "default"]})
+    torch.testing.assert_close(mixed[0], before[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(mixed[1], adapted[1], rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["adp", "rep"])
@@ -410,11 +452,50 @@ def test_user_targets_on_an_unknown_family_and_errors_listing_linear_layers():
         (lambda: LorettaAdpConfig(tt_shapes={"768x64": [8, 8]}), r"product 64.*768x64"),
         (lambda: LorettaAdpConfig(tt_shapes={"big": [8, 8]}), "tt_shapes key 'big' is invalid"),
         (lambda: LorettaAdpConfig(task_type="CLASSIFY"), "Invalid task type"),
+        (lambda: LorettaAdpConfig(target_modules=5), "target_modules must be None, a regex string or a list of module names, got 5"),
+        (lambda: LorettaRepConfig(exclude_modules=["q_proj", 3]), r"exclude_modules must be .*got \['q_proj', 3\]"),
+        (lambda: LorettaAdpConfig(modules_to_save={"lm_head": 1}), r"modules_to_save must be a module name or a list of them"),
+        (lambda: LorettaAdpConfig(input_side_modules=7), "input_side_modules must be a module name or a list of them, got 7"),
+        (lambda: LorettaAdpConfig(tt_shapes={"64x8": [8, 8, 8], "64X8": [8, 8, 8]}), r"size 64x8 twice \(key '64X8'\)"),
     ],
 )
 def test_bad_config_values_are_named(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_one_module_name_given_as_a_string_is_a_list_of_one():
+    """Not a list of its characters (a list of one-letter names would match nothing and train nothing)."""
+    model = get_peft_model(tiny_model("llama", task="CAUSAL_LM"),
+                           METHODS["adp"]("CAUSAL_LM", modules_to_save="lm_head", input_side_modules="up_proj"))
+    config = model.peft_config["default"]
+    assert "lm_head" in config.modules_to_save and config.input_side_modules == ["up_proj"]
+    assert any(n.startswith("base_model.model.lm_head.modules_to_save.default") and p.requires_grad
+               for n, p in model.named_parameters())
+    sides = {n.rsplit(".", 1)[-1]: m.side["default"] for n, m in model.named_modules() if isinstance(m, LorettaAdpLayer)}
+    assert sides["up_proj"] == "input"
+
+
+def test_a_target_that_is_not_a_linear_layer_is_named_with_the_linear_layers():
+    with pytest.raises(ValueError, match=r"target_modules=\['mlp', 'q_proj'\] matches model\.layers\.0\.mlp \(LlamaMLP\).*"
+                                         r"not a linear layer.*linear layers: \[.*model\.layers\.\*\.mlp\.up_proj"):
+        get_peft_model(tiny_model("llama", task="CAUSAL_LM"), METHODS["rep"]("CAUSAL_LM", target_modules=["mlp", "q_proj"]))
+
+
+@pytest.mark.parametrize("method", ["adp", "rep"])
+def test_the_mixed_batch_name_for_the_base_model_is_not_an_adapter_name(method):
+    model = get_peft_model(tiny_model("llama", task="CAUSAL_LM"), METHODS[method]("CAUSAL_LM"))
+    with pytest.raises(ValueError, match="adapter name '__base__' is reserved"):
+        model.add_adapter("__base__", METHODS[method]("CAUSAL_LM"))
+    assert list(model.peft_config) == ["default"]
+    with pytest.raises(ValueError, match="adapter name '__base__' is reserved"):
+        get_peft_model(tiny_model("llama", task="CAUSAL_LM"), METHODS[method]("CAUSAL_LM"), adapter_name="__base__")
+
+
+def test_tt_shapes_keys_are_read_as_sizes_whatever_their_case():
+    model = get_peft_model(tiny_model("llama", task="CAUSAL_LM"), METHODS["adp"]("CAUSAL_LM", tt_shapes={"8X064": [2, 4, 8, 8]}))
+    assert model.peft_config["default"].tt_shapes == {"8x64": [2, 4, 8, 8]}
+    assert {m.shape for m in model.modules() if isinstance(m, TTLinear) and m.in_features == 8} == {(2, 4, 8, 8)}
 
 
 def test_explicit_tt_shape_is_used():
