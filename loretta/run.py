@@ -16,7 +16,12 @@ from omegaconf import DictConfig
 from loretta import hydra_resolvers  # noqa: F401  (registers ${model_tag:...} before Hydra composes)
 
 
-@hydra.main(config_path="../configs", config_name="config", version_base="1.3")
+# an absolute path: a relative one is read against the calling module's package when the run starts
+# from the `loretta-run` console script ("Primary config module 'configs' not found")
+CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
+
+
+@hydra.main(config_path=CONFIGS, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+from pathlib import Path
 
 from .helpers import ENV, REPO, TINY, cli, read_results
 
@@ -17,6 +19,15 @@ def test_help_lists_the_choices():
     for choice in ("deberta-base", "llama2-70b", "minilm", "smollm2", "tiny-bert", "sst2", "squad", "movie_snippets",
                    "loretta_adp", "loretta_rep", "ia3", "bitfit", "glue", "mezo", "table1_deberta"):
         assert choice in out, choice
+
+
+def test_the_console_script_finds_the_configs_from_any_folder(tmp_path):
+    """`loretta-run` (pyproject's console script) is the same command as `python -m loretta.run`."""
+    script = Path(sys.executable).parent / "loretta-run"
+    proc = subprocess.run([str(script), "model=tiny-bert", "task=sst2", "method=lora", "--cfg", "job"], cwd=tmp_path,
+                          env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "name: lora" in proc.stdout and "tiny-bert" in proc.stdout
 
 
 def test_unknown_model_names_the_choices(tmp_path):
