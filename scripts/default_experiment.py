@@ -39,6 +39,8 @@ def main(argv: list[str]) -> int:
     if experiment is None:
         args.insert(0, "experiment=default")
         experiment = "default"
+    if override(args, "resume") is None and override(args, "overwrite") is None:
+        args.append("overwrite=true")  # `make run` again runs again (the runner refuses a folder holding a run)
     root = Path(override(args, "output_root") or ("runs/default" if experiment == "default" else "runs"))
     if experiment == "default" and override(args, "task.data_dir") is None:
         from tasks.fetch import vader_movie_snippets  # the data, once: pip downloads the vaderSentiment sdist

@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """Regenerate the paper's tables from a folder of runs, our numbers beside the paper's.
 
-    python scripts/make_tables.py --results runs/ --out results/
+    python scripts/make_tables.py --results results/runs --out results/tables
 
 Reads every `results.json` under --results (status "completed"), averages each (model, method,
-variant, task) over seeds (mean ± std, scores in %), and writes to --out:
+variant, task) over seeds (mean ± std, scores in %), and writes to --out (default: the repository's
+results/tables, where its committed tables live):
   tables.md / tables.tex  Table 1 (GLUE), Tables 2-3 (LLaMA-2), the ablations (Table 6 rank, Table 7
                           TT shape, Table 11 head / layer norms), and a table of every other run;
                           "—" where a run is missing; trainable parameters in millions as the paper
@@ -13,14 +14,21 @@ variant, task) over seeds (mean ± std, scores in %), and writes to --out:
   score_vs_params.png     average score against trainable parameters, per method (ours filled,
                           the paper's hollow)
 The paper's numbers come from results/paper/paper_results.csv (--paper).
+
+A results.json that cannot be read, or a completed one that lacks a field, is skipped with a message
+naming the file. No completed run under --results is an error, and nothing is written. Each file is
+replaced atomically: an interrupted run leaves the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
+import os
 import sys
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -41,29 +49,52 @@ TABLE1_METHODS = ["ft", "adapters_r8", "lora", "ptuning", "lora_r4", "prompt", "
 LLAMA_METHODS = ["ft", "adapters", "lora", "prefix", "ia3", "loretta_rep", "loretta_adp"]
 SHAPES = {"_s8_8_12_8_8": "[8, 8, 12, 8, 8]", "_s64_12_64": "[64, 12, 64]", "_s4_4_4_12_4_4_4": "[4,4,4,12,4,4,4]"}
 HEADS = {"True": "Tensorized", "False": "Regular", "none": "No"}
+RUN_KEYS = ("model", "method", "task", "primary_metric", "metrics", "trainable_params")
+PAPER_COLUMNS = ("table", "model", "method", "setting", "task", "score", "params_m")
 
 
 # -- reading ----------------------------------------------------------------------------------------
 
 
 def load_runs(folder: Path) -> list[dict]:
+    """Every completed run under `folder`. A file that is broken is skipped with a message naming it, so that
+    one bad run neither hides the others nor vanishes from the tables unnoticed."""
     runs = []
     for path in sorted(folder.rglob("results.json")):
         try:
-            record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+            run = read_run(path)
+        except (OSError, ValueError) as e:  # json.JSONDecodeError is a ValueError
             print(f"skipping {path}: {e}", file=sys.stderr)
             continue
-        if record.get("status") != "completed":
-            continue
-        metric = record["primary_metric"]
-        if metric not in record.get("metrics", {}):
-            continue
-        runs.append({"model": record["model"], "method": record["method"], "task": record["task"],
-                     "variant": record.get("variant") or "", "seed": record.get("seed"),
-                     "score": 100.0 * float(record["metrics"][metric]), "metric": metric,
-                     "params": float(record["trainable_params"]), "path": str(path)})
+        if run is not None:
+            runs.append(run)
     return runs
+
+
+def read_run(path: Path) -> dict | None:
+    """The run recorded in `path`, or None if it did not complete; a ValueError that says what is wrong."""
+    record = json.loads(path.read_text())
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object, found a {type(record).__name__}")
+    if record.get("status") != "completed":
+        return None
+    missing = [key for key in RUN_KEYS if key not in record]
+    if missing:
+        raise ValueError(f"a completed run without the key(s) {', '.join(map(repr, missing))}")
+    metric, metrics = record["primary_metric"], record["metrics"]
+    if not isinstance(metrics, dict) or metric not in metrics:
+        raise ValueError(f"primary_metric {metric!r} is not among its metrics {metrics!r}")
+    return {"model": record["model"], "method": record["method"], "task": record["task"],
+            "variant": record.get("variant") or "", "seed": record.get("seed"),
+            "score": 100.0 * number(metrics[metric], f"metrics[{metric!r}]"), "metric": metric,
+            "params": number(record["trainable_params"], "trainable_params"), "path": str(path)}
+
+
+def number(value, what: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} is {value!r}, not a number") from None
 
 
 def aggregate(runs: list[dict]) -> dict:
@@ -82,15 +113,22 @@ def aggregate(runs: list[dict]) -> dict:
 
 
 def load_paper(path: Path) -> dict:
-    """(table, model, method, setting, task) -> score; (table, model, method, setting, "params") -> M."""
+    """(table, model, method, setting, task) -> score; (table, model, method, setting, "params") -> M.
+
+    A ValueError naming the file (and line) when a column or a number is missing."""
     import csv
 
     paper = {}
     with open(path, newline="") as f:
-        for row in csv.DictReader(f):
+        reader = csv.DictReader(f)
+        missing = [column for column in PAPER_COLUMNS if column not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path} has no column(s) {', '.join(missing)} (expected {', '.join(PAPER_COLUMNS)})")
+        for row in reader:
+            where = f"{path} line {reader.line_num}"
             key = (row["table"], row["model"], row["method"], row["setting"])
-            paper[(*key, row["task"])] = float(row["score"])
-            paper[(*key, "params")] = float(row["params_m"])
+            paper[(*key, row["task"])] = number(row["score"], f"{where}: score")
+            paper[(*key, "params")] = number(row["params_m"], f"{where}: params_m")
     return paper
 
 
@@ -265,7 +303,8 @@ def other_runs(agg) -> Table | None:
 # -- plot -------------------------------------------------------------------------------------------
 
 
-def plot(agg, paper, path: Path) -> None:
+def plot(agg, paper) -> bytes:
+    """score_vs_params.png, as bytes (rendered in memory, so it is written like every other file)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -299,48 +338,105 @@ def plot(agg, paper, path: Path) -> None:
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
     plt.close(fig)
+    return png.getvalue()
+
+
+# -- writing ----------------------------------------------------------------------------------------
+
+
+def summary_csv(agg) -> str:
+    lines = ["model,method,variant,task,metric,mean,std,n,trainable_params"]
+    for (model, method, variant, task), c in sorted(agg.items()):
+        lines.append(f"{model},{method},{variant},{task},{c['metric']},{c['mean']:.4f},{c['std']:.4f},{c['n']},"
+                     f"{int(c['params'])}")
+    return "\n".join(lines) + "\n"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` in one step: a reader, or a run interrupted here, finds the old file or the new
+    one, never half of one (the temporary file sits in the same folder, so os.replace is a rename)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())  # mkstemp's 0600 would hide the tables from others
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def current_umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 # -- main -------------------------------------------------------------------------------------------
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, required=True, help="folder searched for results.json files")
-    parser.add_argument("--out", type=Path, default=REPO / "results", help="where the tables and the plot go")
-    parser.add_argument("--paper", type=Path, default=REPO / "results" / "paper" / "paper_results.csv")
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "tables",
+                        help="where the tables and the plot go (default: the repository's results/tables)")
+    parser.add_argument("--paper", type=Path, default=REPO / "results" / "paper" / "paper_results.csv",
+                        help="the paper's numbers (default: the repository's results/paper/paper_results.csv)")
     parser.add_argument("--quiet", action="store_true", help="do not print the tables")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if not args.results.is_dir():
         parser.error(f"--results {args.results} is not a directory")
+    if not args.paper.is_file():
+        parser.error(f"--paper {args.paper} is not a file (expected a CSV with the columns "
+                     f"{', '.join(PAPER_COLUMNS)}, like results/paper/paper_results.csv)")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} exists and is not a directory")
 
-    runs = load_runs(args.results)
-    agg = aggregate(runs)
-    paper = load_paper(args.paper)
+
+def render(runs, agg, paper, results: Path) -> dict[str, bytes]:
+    """Every output file, name -> contents, all rendered before the first is written."""
     tables = [*table1(agg, paper), table2(agg, paper), table3(agg, paper), table6(agg, paper), table7(agg, paper),
               table11(agg, paper)]
     extra = other_runs(agg)
     if extra is not None:
         tables.insert(0, extra)
-
-    args.out.mkdir(parents=True, exist_ok=True)
     header = (f"# Results\n\nGenerated by `scripts/make_tables.py` from {len(runs)} completed runs in "
-              f"`{args.results}`. Scores in %, mean ± std over seeds when there are several; \"{DASH}\" = no run. "
+              f"`{results}`. Scores in %, mean ± std over seeds when there are several; \"{DASH}\" = no run. "
               f"Paper rows: results/paper/paper_results.csv.\n\n")
     markdown = header + "\n".join(t.markdown() for t in tables)
-    (args.out / "tables.md").write_text(markdown)
-    (args.out / "tables.tex").write_text("% Generated by scripts/make_tables.py (needs \\usepackage{booktabs})\n"
-                                         + "\n".join(t.latex() for t in tables))
-    with open(args.out / "summary.csv", "w") as f:
-        f.write("model,method,variant,task,metric,mean,std,n,trainable_params\n")
-        for (model, method, variant, task), c in sorted(agg.items()):
-            f.write(f"{model},{method},{variant},{task},{c['metric']},{c['mean']:.4f},{c['std']:.4f},{c['n']},"
-                    f"{int(c['params'])}\n")
-    plot(agg, paper, args.out / "score_vs_params.png")
+    latex = ("% Generated by scripts/make_tables.py (needs \\usepackage{booktabs})\n"
+             + "\n".join(t.latex() for t in tables))
+    return {"tables.md": markdown.encode(), "tables.tex": latex.encode(), "summary.csv": summary_csv(agg).encode(),
+            "score_vs_params.png": plot(agg, paper)}
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_paths(parser, args)
+    runs = load_runs(args.results)
+    if not runs:
+        parser.error(f"no completed run (a results.json with status \"completed\") under --results {args.results}; "
+                     f"nothing written")
+    try:
+        paper = load_paper(args.paper)
+    except (OSError, ValueError) as e:
+        parser.error(f"--paper: {e}")
+    outputs = render(runs, aggregate(runs), paper, args.results)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    for filename, data in outputs.items():
+        write_atomic(args.out / filename, data)
     if not args.quiet:
-        print(markdown)
+        print(outputs["tables.md"].decode())
     print(f"wrote {args.out / 'tables.md'}, tables.tex, summary.csv, score_vs_params.png ({len(runs)} runs)")
     return 0
 

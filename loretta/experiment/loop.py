@@ -29,7 +29,7 @@ from peft import PeftModel
 from torch.utils.data import DataLoader
 
 from ..quantized import keep_4bit_training_layout
-from . import adapters, checks, data, methods, models, results, sharded
+from . import adapters, checks, data, methods, models, results, run_folder, sharded
 from .checks import ConfigError
 from .logging import Tracker
 
@@ -78,24 +78,44 @@ def train(cfg) -> dict:
     """Run the experiment `cfg` describes (a composed Hydra config); return its results record."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
-    from accelerate.utils import set_seed
-    from tasks import get_task, load_splits
 
     checks.validate(cfg)
-    t = cfg.train
     out = Path(str(cfg.output_dir))
-    ckpt_dir = out / "checkpoint"
     if cfg.resume and (done := results.read_completed(out)) is not None:
         print(f"[loretta] {out} is already completed; nothing to resume", flush=True)
         return done
 
-    # 1. devices, precision, accumulation, seed -------------------------------------------------
+    # 1. devices, precision, accumulation; the run's folder ----------------------------------------
     AcceleratorState._reset_state()  # a new precision / accumulation per run (multirun jobs share a process)
     GradientState._reset_state()
-    accelerator = Accelerator(mixed_precision=checks.PRECISIONS[t.precision], gradient_accumulation_steps=t.grad_accum)
+    accelerator = Accelerator(mixed_precision=checks.PRECISIONS[cfg.train.precision],
+                              gradient_accumulation_steps=cfg.train.grad_accum)
     main = accelerator.is_main_process
+    resolved = OmegaConf.to_container(cfg, resolve=True)
     if main:
-        out.mkdir(parents=True, exist_ok=True)
+        run_folder.claim(out, resume=cfg.resume, overwrite=cfg.get("overwrite", False))
+    try:
+        with run_folder.sigterm_raises_system_exit():
+            if main:
+                run_folder.save_hydra_record(out, cfg)
+                if cfg.resume and (out / "checkpoint" / "last.pt").is_file():
+                    run_folder.check_resume_config(out, resolved)
+                else:
+                    run_folder.save_run_config(out, resolved)
+            accelerator.wait_for_everyone()
+            return _train(cfg, accelerator, out, resolved)
+    finally:
+        if main:
+            run_folder.release(out)
+
+
+def _train(cfg, accelerator, out: Path, resolved: dict) -> dict:
+    from accelerate.utils import set_seed
+    from tasks import get_task, load_splits
+
+    t = cfg.train
+    ckpt_dir = out / "checkpoint"
+    main = accelerator.is_main_process
     set_seed(cfg.seed)
 
     # 2. data, model, method ----------------------------------------------------------------
@@ -170,12 +190,13 @@ def train(cfg) -> dict:
     if cfg.resume and (ckpt_dir / "last.pt").is_file():
         state = load_checkpoint(ckpt_dir / "last.pt", accelerator.unwrap_model(model), optimizer, scheduler)
         state.resumed_at.append(state.step)
+        if main:
+            run_folder.truncate_metrics(out, state.step)
         print(f"[loretta] resuming {out} at step {state.step}/{total_steps}", flush=True)
     elif cfg.resume:
         print(f"[loretta] resume=true but {ckpt_dir / 'last.pt'} does not exist: starting from scratch", flush=True)
 
     run_name = f"{spec.name}-{cfg.model_tag}-{cfg.method.name}{cfg.variant}-seed{cfg.seed}"
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     tracker = Tracker(cfg.logger, output_dir=out, name=run_name, tags=[spec.name, cfg.model_tag, cfg.method.name],
                       config=resolved, active=main)
     tracker.summary({"trainable_params": num_trainable, "total_params": num_total})
@@ -344,8 +365,12 @@ def train(cfg) -> dict:
 def _atomic_save(obj, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    try:
+        torch.save(obj, tmp)
+        tmp.replace(path)
+    except BaseException:  # a SIGTERM mid-save (run_folder.sigterm_raises_system_exit) leaves no .tmp behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_trainable(model, path: Path) -> None:

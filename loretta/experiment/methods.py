@@ -15,7 +15,7 @@ PEFT-style methods, the model itself with `requires_grad` set for bitfit / ft / 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Callable
 
 from omegaconf import OmegaConf
@@ -68,7 +68,50 @@ def apply(model: nn.Module, method_cfg, target: Target) -> nn.Module:
     except (TypeError, ValueError) as e:
         if isinstance(e, ConfigError):
             raise
-        raise ConfigError(f"method {method_cfg.get('name', builder)!r}: {e}") from e
+        raise ConfigError(f"method {method_cfg.get('name', builder)!r}: {e}{_suspects(fn, hyper)}") from e
+
+
+def _suspects(fn, hyper: dict) -> str:
+    """The hyper-parameters a builder's error may be about, for its message: the libraries' own
+    (`'<=' not supported between instances of 'str' and 'int'`) name neither the setting nor the value.
+    Those whose value is not of their default's kind (a string where the default is a number), else
+    every one given."""
+    defaults = _defaults(fn)
+    odd = {k: v for k, v in hyper.items() if not _same_kind(v, defaults.get(k))}
+    if odd:
+        return "; check " + ", ".join(f"method.{k}={v!r} (default: {defaults[k]!r})" for k, v in odd.items())
+    if hyper:
+        return " (with " + ", ".join(f"method.{k}={v!r}" for k, v in hyper.items()) + ")"
+    return ""
+
+
+def _defaults(fn) -> dict:
+    """A builder's hyper-parameters -> their defaults (those it has)."""
+    config_class = getattr(fn, "config_class", None)
+    if config_class is not None:
+        found = {}
+        for f in fields(config_class()):
+            if f.default is not MISSING:
+                found[f.name] = f.default
+            elif f.default_factory is not MISSING:
+                found[f.name] = f.default_factory()
+        return found
+    params = list(inspect.signature(fn).parameters.values())[2:]
+    return {p.name: p.default for p in params if p.default is not p.empty}
+
+
+def _same_kind(value, default) -> bool:
+    """Could `value` stand where `default` does? A None default says nothing; an int default wants an
+    int, a float one any number, a bool one a bool."""
+    if default is None:
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, int):
+        return isinstance(value, int)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
 
 
 def _accepted(fn) -> list[str] | None:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .helpers import ENV, REPO, TINY, cli, read_results
 
 
@@ -117,15 +119,22 @@ def test_bad_value_on_the_command_line(tmp_path):
     assert not any(tmp_path.iterdir())  # the run folder Hydra made before the error is gone
 
 
-def test_a_failed_run_keeps_what_was_there(tmp_path):
-    """The clean-up after an error removes only Hydra's own record, never an earlier run's files."""
+@pytest.mark.parametrize("args, error", [
+    (["train.precision=fp8"], "train.precision='fp8' is not one of"),
+    ([], "already holds a completed run (results.json: accuracy 0.5000). Pass resume=true"),
+])
+def test_a_failed_or_refused_run_leaves_an_earlier_runs_folder_as_it_was(tmp_path, args, error):
+    """Neither the clean-up after an error nor Hydra's record of the new run touches an earlier run's files."""
     earlier = tmp_path / "sst2" / "tiny-bert" / "lora" / "seed0"
-    earlier.mkdir(parents=True)
-    (earlier / "results.json").write_text("{}")
-    proc = cli(["model=tiny-bert", "task=sst2", "method=lora", "train.precision=fp8", f"output_root={tmp_path}"],
-               timeout=120)
-    assert proc.returncode == 2
-    assert (earlier / "results.json").read_text() == "{}" and (earlier / ".hydra").is_dir()
+    (earlier / ".hydra").mkdir(parents=True)
+    files = {"results.json": '{"status": "completed", "primary_metric": "accuracy", "metrics": {"accuracy": 0.5}}',
+             ".hydra/config.yaml": "train:\n  precision: fp32\n", "run.log": "the earlier run\n"}
+    for name, text in files.items():
+        (earlier / name).write_text(text)
+    proc = cli(["model=tiny-bert", "task=sst2", "method=lora", f"output_root={tmp_path}", *args], timeout=120)
+    assert proc.returncode == 2 and error in proc.stderr, proc.stderr[-2000:]
+    assert {str(p.relative_to(earlier)) for p in earlier.rglob("*") if p.is_file()} == set(files)
+    assert all((earlier / name).read_text() == text for name, text in files.items())
 
 
 def test_library_import_stays_light():

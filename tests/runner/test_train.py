@@ -205,12 +205,15 @@ def test_non_finite_loss_stops_and_keeps_earlier_results(kinds, tmp_path):
 
     args = ["model=tiny-bert", "task=sst2", "method=lora", f"task.data_dir={kinds['classification'][1]}",
             "train.max_steps=4", "train.eval_every=4"]
-    good = run(args, tmp_path)
-    results = tmp_path / "sst2" / "tiny-bert" / "lora" / "seed0" / "results.json"
-    before = results.read_text()
     with pytest.raises(NonFiniteLossError, match="loss is nan"):
         run([*args, "train.lr=1e20", "train.max_grad_norm=0"], tmp_path)
-    assert results.read_text() == before and json.loads(before)["metrics"] == good["metrics"]
+    folder = tmp_path / "sst2" / "tiny-bert" / "lora" / "seed0"
+    assert not (folder / "results.json").exists() and not (folder / ".running").exists()
+    good = run([*args, "resume=true"], tmp_path)  # what the failed run left (its checkpoint at step 0: none)
+    before = (folder / "results.json").read_text()
+    with pytest.raises(NonFiniteLossError, match="loss is nan"):
+        run([*args, "train.lr=1e20", "train.max_grad_norm=0", "variant=_high_lr"], tmp_path)
+    assert (folder / "results.json").read_text() == before and json.loads(before)["metrics"] == good["metrics"]
 
 
 def test_training_options(kinds, tmp_path):

@@ -1,0 +1,194 @@
+"""Who may write into a run's folder (`<output_dir>`), decided before anything is loaded.
+
+A folder holds one run. A new run (neither `resume` nor `overwrite`) starts only in a folder that holds
+no earlier run's files, so a finished result is never replaced by accident: by a second command, or by a
+sweep over a setting that is not in the folder's name (both jobs would share one folder). Otherwise:
+
+  completed (results.json)        resume=true: left as it is; overwrite=true: removed, run again
+  unfinished (checkpoint/, metrics.jsonl, or the marker of a run that is going or was killed)
+                                  resume=true: continued from checkpoint/last.pt, only with the settings
+                                  it was started with; overwrite=true: removed, run again
+
+While a run goes, `.running` marks its folder (made with O_EXCL, so two runs started together into one
+folder cannot both pass); it is removed when the run ends, however it ends, except on SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from .checks import ConfigError
+from .results import RESULTS, read_completed, write_json_atomic
+
+RUNNING = ".running"
+METRICS = "metrics.jsonl"
+CHECKPOINT = "checkpoint"
+RUN_CONFIG = "run_config.json"  # in checkpoint/: the settings the checkpoint's run was started with
+# what a run writes (Hydra's .hydra/ record and run.log are Hydra's, and stay)
+RUN_FILES = (RESULTS, METRICS, CHECKPOINT, "adapter", "wandb", RUNNING)
+# settings a resumed run may change: where it logs and what it keeps, not what it computes
+MAY_CHANGE_ON_RESUME = ("resume", "overwrite", "logger", "output_root", "output_dir", "experiment_name",
+                        "task.data_dir", "train.progress_bar", "train.num_workers", "train.keep_checkpoint",
+                        "train.save_adapter")
+
+
+def earlier_run(out: Path) -> str | None:
+    """What `out` holds of an earlier run, in words; None if nothing."""
+    done = read_completed(out)
+    if done is not None:
+        metric = done.get("primary_metric")
+        score = (done.get("metrics") or {}).get(metric)
+        return f"a completed run ({RESULTS}" + (f": {metric} {score:.4f})" if isinstance(score, float) else ")")
+    if (out / RUNNING).exists():
+        return f"a run that is going or was killed ({RUNNING}: {_read_marker(out / RUNNING)})"
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    return f"an unfinished run ({', '.join(found)})" if found else None
+
+
+def claim(out: Path, resume: bool, overwrite: bool) -> bool:
+    """Make `out` this run's, per the rules above; False when there is nothing to do (resume=true on a
+    completed run). Only the main process calls it."""
+    if resume and read_completed(out) is not None:
+        return False
+    found = earlier_run(out)
+    if found is not None and not (resume or overwrite):
+        raise ConfigError(
+            f"output_dir {out} already holds {found}. Pass resume=true to continue (a completed run is left "
+            "as it is), overwrite=true to replace it, or give this run its own folder (variant=_<name>, "
+            "output_root=..., or output_dir=...); a sweep over a setting that is not in the folder's name "
+            "needs variant=... for each value")
+    if overwrite or (resume and not (out / CHECKPOINT / "last.pt").is_file()):
+        remove_run_files(out)  # resume without a checkpoint starts from scratch: nothing earlier is kept
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RUNNING).unlink(missing_ok=True)  # a killed run's marker (resume / overwrite: the user's choice)
+    _make_marker(out / RUNNING)
+    return True
+
+
+def release(out: Path) -> None:
+    (out / RUNNING).unlink(missing_ok=True)
+
+
+def remove_run_files(out: Path) -> None:
+    for name in RUN_FILES:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _make_marker(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        raise ConfigError(f"another run started writing into {path.parent} just now ({_read_marker(path)}); "
+                          "give each run its own folder") from None
+    with os.fdopen(fd, "w") as f:
+        json.dump({"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
+
+
+def _read_marker(path: Path) -> str:
+    try:
+        marker = json.loads(path.read_text())
+        return f"pid {marker['pid']} on {marker['host']}, started {marker['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "no details"
+
+
+@contextmanager
+def sigterm_raises_system_exit():
+    """SIGTERM (a scheduler's time limit, `kill`) ends the run as an exception does: the clean-up runs
+    (the marker, a half-written checkpoint, an unstarted folder) and the exit status is 143, as for an
+    unhandled SIGTERM. The last checkpoint stays for resume=true."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def save_hydra_record(out: Path, cfg) -> None:
+    """Hydra's record of the run (.hydra/config.yaml, hydra.yaml, overrides.yaml), written once the folder
+    is this run's: Hydra itself would write it before the run starts (hydra.output_subdir, null in
+    configs/config.yaml), over the record of a finished run that this one is then refused to replace."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    if not HydraConfig.initialized():
+        return  # train() called directly (tests, notebooks)
+    hydra_cfg = HydraConfig.get()
+    record = out / ".hydra"
+    record.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, record / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), record / "hydra.yaml")
+    OmegaConf.save(hydra_cfg.overrides.task, record / "overrides.yaml")
+
+
+# -- resuming ---------------------------------------------------------------------------------------
+
+
+def _flat(tree, prefix: str = "") -> dict:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat = {}
+    for key, value in tree.items():
+        flat.update(_flat(value, f"{prefix}{key}."))
+    return flat or {prefix: {}}
+
+
+def _may_change(key: str) -> bool:
+    key = key.rstrip(".")
+    return any(key == k or key.startswith(k + ".") for k in MAY_CHANGE_ON_RESUME)
+
+
+def save_run_config(out: Path, config: dict) -> None:
+    write_json_atomic(out / CHECKPOINT / RUN_CONFIG, config)
+
+
+def check_resume_config(out: Path, config: dict) -> None:
+    """A checkpoint continues only the run it was made by: the same settings, but for where it logs and
+    what it keeps (MAY_CHANGE_ON_RESUME). A checkpoint from before run_config.json was written is
+    trusted."""
+    path = out / CHECKPOINT / RUN_CONFIG
+    if not path.is_file():
+        return
+    before, now = _flat(json.loads(path.read_text())), _flat(config)
+    changed = sorted(k for k in set(before) | set(now) if not _may_change(k) and before.get(k) != now.get(k))
+    if changed:
+        shown = "; ".join(f"{k.rstrip('.')}={now.get(k)!r} (the checkpoint's run: {before.get(k)!r})" for k in changed[:8])
+        raise ConfigError(
+            f"resume=true: {out / CHECKPOINT} was made with other settings: {shown}"
+            + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
+            + ". Resume with the settings it was started with, or pass overwrite=true to start again with these")
+
+
+def truncate_metrics(out: Path, step: int) -> None:
+    """metrics.jsonl as it was at the checkpoint (`step`): the lines a killed run logged after it are
+    logged again by the resumed run."""
+    path = out / METRICS
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by the kill
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept))
+    tmp.replace(path)
+
