@@ -25,15 +25,13 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import statistics
 import sys
-import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import yaml
-from make_tables import load_paper  # (table, model, method, setting, task) -> score
+from make_tables import load_paper, write_atomic  # load_paper: (table, model, method, setting, task) -> score
 
 REPO = Path(__file__).resolve().parents[1]
 ORDER = ["zero-shot", "ft", "adapters", "lora", "lora_r4", "bitfit", "ia3", "prefix", "loretta_adp", "loretta_rep"]
@@ -44,10 +42,16 @@ PAPER_ENCODER_NAMES = {"adapters": "adapters_r8"}  # our dense adapters beside t
 
 
 def load(root: Path) -> list[dict]:
+    """Every completed run's record under `root`; a broken file is skipped with a message naming it (as
+    make_tables does), not a traceback that hides every other run."""
     records = []
     for path in sorted(root.rglob("results.json")):
-        record = json.loads(path.read_text())
-        if record.get("status") == "completed":
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            print(f"skipping {path}: {e}", file=sys.stderr)
+            continue
+        if isinstance(record, dict) and record.get("status") == "completed":
             records.append(record)
     return records
 
@@ -354,10 +358,7 @@ def splice(document: str, tables: str) -> str:
 
 def write_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, text.encode())
 
 
 def main(argv=None) -> int:

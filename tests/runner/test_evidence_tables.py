@@ -177,3 +177,18 @@ def test_evidence_tables_keep_a_larger_encoder_out_of_minilms_tables_and_show_it
     assert ("| mpnet | sst2 | loretta_adp (head-dense) | 0.003 | 600,000 | 2.02× | 92.0 | 89.0 ± 14.1 (2) | 2.0 | — | — |"
             in larger)
     assert "99.0" not in grid and "99.0" not in comparison
+
+
+def test_a_broken_record_is_skipped_with_its_name_not_a_traceback(tmp_path, capsys):
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from evidence_tables import load
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    runs = tmp_path / "runs"
+    record(runs, "evidence_glue", "sst2", "lora", 0, 1e-3, 0.78, 74_498)
+    broken = runs / "evidence_glue" / "sst2" / "minilm" / "lora" / "seed1" / "results.json"
+    broken.parent.mkdir(parents=True)
+    broken.write_text('{"status": "compl')  # a file cut short (a copy interrupted)
+    assert [r["seed"] for r in load(runs)] == [0]
+    assert f"skipping {broken}" in capsys.readouterr().err
