@@ -33,14 +33,22 @@ def override(args: list[str], key: str) -> str | None:
     return None
 
 
-def main(argv: list[str]) -> int:
+def sweep_args(argv: list[str]) -> tuple[list[str], str]:
+    """The sweep's Hydra overrides and its experiment: the default experiment unless one is named, and
+    overwrite=true unless resume / overwrite is given, so that `make run` again runs again (the runner
+    refuses a folder that holds a run)."""
     args = list(argv)
     experiment = override(args, "experiment")
     if experiment is None:
         args.insert(0, "experiment=default")
         experiment = "default"
     if override(args, "resume") is None and override(args, "overwrite") is None:
-        args.append("overwrite=true")  # `make run` again runs again (the runner refuses a folder holding a run)
+        args.append("overwrite=true")
+    return args, experiment
+
+
+def main(argv: list[str]) -> int:
+    args, experiment = sweep_args(argv)
     root = Path(override(args, "output_root") or ("runs/default" if experiment == "default" else "runs"))
     if experiment == "default" and override(args, "task.data_dir") is None:
         from tasks.fetch import vader_movie_snippets  # the data, once: pip downloads the vaderSentiment sdist

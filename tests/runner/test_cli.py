@@ -144,3 +144,16 @@ def test_library_import_stays_light():
     proc = subprocess.run([__import__("sys").executable, "-c", code], cwd=REPO, env=ENV, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_make_run_runs_again_unless_told_to_resume():
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from default_experiment import sweep_args
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    assert sweep_args([]) == (["experiment=default", "overwrite=true"], "default")
+    assert sweep_args(["train.epochs=5", "resume=true"]) == (["experiment=default", "train.epochs=5", "resume=true"],
+                                                            "default")
+    assert sweep_args(["experiment=table1_deberta", "overwrite=false"])[0] == ["experiment=table1_deberta",
+                                                                             "overwrite=false"]
