@@ -100,8 +100,6 @@ def train(cfg) -> dict:
                 run_folder.save_hydra_record(out, cfg)
                 if cfg.resume and (out / "checkpoint" / "last.pt").is_file():
                     run_folder.check_resume_config(out, resolved)
-                else:
-                    run_folder.save_run_config(out, resolved)
             accelerator.wait_for_everyone()
             return _train(cfg, accelerator, out, resolved)
     finally:
@@ -250,6 +248,8 @@ def _train(cfg, accelerator, out: Path, resolved: dict) -> dict:
         accelerator.print(f"[loretta] step {state.step}: dev {shown}{' (best)' if improved else ''}")
         stop = 0 < t.early_stopping_patience <= state.evals_since_best
         accelerator.wait_for_everyone()
+        if main and not state.resumed_at:  # a resumed run keeps the record of the run it continues
+            run_folder.save_run_config(out, resolved)
         save_checkpoint(ckpt_dir / "last.pt", accelerator.unwrap_model(model), optimizer, scheduler, state, main)
         return stop
 

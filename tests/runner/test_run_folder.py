@@ -121,3 +121,20 @@ def test_sigterm_ends_a_run_as_an_error_does_and_it_resumes(kinds, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     record = json.loads((folder / "results.json").read_text())
     assert record["status"] == "completed" and record["resumed_at_steps"] and record["steps"] == 200
+
+
+def test_a_run_that_fails_before_training_leaves_no_run_behind(kinds, tmp_path, monkeypatch):
+    """An error while loading (a model package missing, a task without examples) is not an unfinished run:
+    the next run goes ahead without resume / overwrite."""
+    from loretta.experiment import ConfigError, loop, run_folder
+
+    def no_model(*args, **kwargs):
+        raise ConfigError("model package not installed")
+
+    args = [*ARGS, f"task.data_dir={kinds['classification'][1]}"]
+    monkeypatch.setattr(loop.models, "load", no_model)
+    with pytest.raises(ConfigError, match="not installed"):
+        run(args, tmp_path)
+    assert run_folder.earlier_run(_folder(tmp_path)) is None
+    monkeypatch.undo()
+    assert run(args, tmp_path)["status"] == "completed"
