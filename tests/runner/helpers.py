@@ -46,3 +46,18 @@ def cli(args: list[str], cwd: Path = REPO, timeout: int = 300, env: dict | None 
 
 def read_results(folder: Path) -> dict:
     return json.loads((Path(folder) / "results.json").read_text())
+
+
+def die_after_checkpoint(monkeypatch, step: int) -> None:
+    """From now on a run stops (KeyboardInterrupt, as a kill) right after saving its checkpoint at `step`;
+    monkeypatch.undo() or a new setattr puts the loop's save_checkpoint back."""
+    from loretta.experiment import loop
+
+    original = loop.save_checkpoint
+
+    def save_then_die(path, model, optimizer, scheduler, state, write=True):
+        original(path, model, optimizer, scheduler, state, write)
+        if state.step == step:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from .helpers import ENV, REPO, TINY, run
+from .helpers import ENV, REPO, TINY, die_after_checkpoint, run
 
 ARGS = ["model=tiny-bert", "task=sst2", "method=loretta_adp", "train.max_steps=4", "train.eval_every=2"]
 
@@ -72,21 +72,14 @@ def test_a_killed_runs_folder_is_resumed_or_replaced_not_run_over(kinds, tmp_pat
 
 
 def test_resume_keeps_the_settings_and_the_log_of_the_interrupted_run(kinds, tmp_path, monkeypatch):
-    from loretta.experiment import ConfigError, loop
+    from loretta.experiment import ConfigError
 
     args = [*ARGS, "train.max_steps=6", "train.log_every=1", f"task.data_dir={kinds['classification'][1]}"]
     uninterrupted = run(args, tmp_path / "a")
-    original = loop.save_checkpoint
-
-    def save_then_die(path, model, optimizer, scheduler, state, write=True):
-        original(path, model, optimizer, scheduler, state, write)
-        if state.step == 4:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    die_after_checkpoint(monkeypatch, step=4)
     with pytest.raises(KeyboardInterrupt):
         run(args, tmp_path / "b")
-    monkeypatch.setattr(loop, "save_checkpoint", original)
+    monkeypatch.undo()
     folder = _folder(tmp_path / "b")
     with open(folder / "metrics.jsonl", "a") as f:  # what a killed run logged after its checkpoint
         f.write('{"step": 5, "train/loss": 0.5}\n{"step": 6, "train/lo')

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from .helpers import TINY, compose, read_results, run
+from .helpers import TINY, compose, die_after_checkpoint, read_results, run
 
 METHODS = ["lora", "ia3", "prompt", "prefix", "bitfit", "ft", "adapters", "loretta_adp", "loretta_rep"]
 REQUIRED = {"task", "model", "method", "seed", "status", "metrics", "primary_metric", "best_step", "trainable_params",
@@ -62,27 +62,18 @@ RESUME = ["model=tiny-bert", "task=sst2", "method=loretta_adp", "train.max_steps
 
 
 def test_same_seed_same_metrics_and_resume(kinds, tmp_path, monkeypatch):
-    from loretta.experiment import loop
-
     data = f"task.data_dir={kinds['classification'][1]}"
     first = run([*RESUME, data], tmp_path / "a")
     again = run([*RESUME, data], tmp_path / "b")
     assert again["metrics"] == first["metrics"] and again["history"] == first["history"]
 
     # interrupt run c right after its checkpoint at step 4 (mid-training, epoch boundary crossed)
-    original = loop.save_checkpoint
-
-    def save_then_die(path, model, optimizer, scheduler, state, write=True):
-        original(path, model, optimizer, scheduler, state, write)
-        if state.step == 4:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    die_after_checkpoint(monkeypatch, step=4)
     with pytest.raises(KeyboardInterrupt):
         run([*RESUME, data], tmp_path / "c")
     folder = tmp_path / "c" / "sst2" / "tiny-bert" / "loretta_adp" / "seed0"
     assert not (folder / "results.json").exists() and (folder / "checkpoint" / "last.pt").is_file()
-    monkeypatch.setattr(loop, "save_checkpoint", original)
+    monkeypatch.undo()
     resumed = run([*RESUME, data, "resume=true"], tmp_path / "c")
     assert resumed["resumed_at_steps"] == [4]
     assert resumed["metrics"] == first["metrics"]
