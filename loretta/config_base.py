@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from peft import PeftConfig, TaskType
+from peft import PeftConfig
 
 from .tt_linear import FORWARD_MODES, INIT_METHODS
 from .tt_shapes import validate_tt_shapes_mapping
@@ -122,10 +122,6 @@ class LorettaConfigBase(PeftConfig):
         if self.bias not in BIAS_CHOICES:
             raise ValueError(f"bias {self.bias!r} is not one of {list(BIAS_CHOICES)}")
         self.tt_shapes = validate_tt_shapes_mapping(self.tt_shapes)
-        # TaskType is a str enum, but str() of a member is 'TaskType.SEQ_CLS' in Python >= 3.11: the
-        # plain name, as saved to adapter_config.json, is what the tuners compare against
-        if isinstance(self.task_type, TaskType):
-            self.task_type = self.task_type.value
         self.target_modules = names_or_regex("target_modules", self.target_modules)
         self.exclude_modules = names_or_regex("exclude_modules", self.exclude_modules)
         self._validate_layer_selection()

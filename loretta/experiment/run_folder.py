@@ -54,11 +54,9 @@ def earlier_run(out: Path) -> str | None:
     return f"an unfinished run ({', '.join(found)})" if found else None
 
 
-def claim(out: Path, resume: bool, overwrite: bool) -> bool:
-    """Make `out` this run's, per the rules above; False when there is nothing to do (resume=true on a
-    completed run). Only the main process calls it."""
-    if resume and read_completed(out) is not None:
-        return False
+def claim(out: Path, resume: bool, overwrite: bool) -> None:
+    """Make `out` this run's, per the rules above (a completed run with resume=true never gets here: the
+    loop returns its record first). Only the main process calls it."""
     found = earlier_run(out)
     if found is not None and not (resume or overwrite):
         raise ConfigError(
@@ -71,7 +69,6 @@ def claim(out: Path, resume: bool, overwrite: bool) -> bool:
     out.mkdir(parents=True, exist_ok=True)
     (out / RUNNING).unlink(missing_ok=True)  # a killed run's marker (resume / overwrite: the user's choice)
     _make_marker(out / RUNNING)
-    return True
 
 
 def release(out: Path) -> None:
@@ -155,7 +152,10 @@ def _may_change(key: str) -> bool:
 
 
 def save_run_config(out: Path, config: dict) -> None:
-    write_json_atomic(out / CHECKPOINT / RUN_CONFIG, config)
+    """Once per run, beside its first checkpoint (a folder's earlier run files are gone by then: claim)."""
+    path = out / CHECKPOINT / RUN_CONFIG
+    if not path.is_file():
+        write_json_atomic(path, config)
 
 
 def check_resume_config(out: Path, config: dict) -> None:
