@@ -90,7 +90,7 @@ def _defaults(fn) -> dict:
     config_class = getattr(fn, "config_class", None)
     if config_class is not None:
         found = {}
-        for f in fields(config_class):  # the declared defaults, no config built
+        for f in fields(config_class()):
             if f.default is not MISSING:
                 found[f.name] = f.default
             elif f.default_factory is not MISSING:
