@@ -12,6 +12,8 @@ training loss and predicts:
                  scores (COPA, ReCoRD).
   lm_generate    decoder, trained with the LM loss on the answer (" answer\\n"), predicting by greedy
                  decoding that stops at a newline (SQuAD, DROP).
+  seq2seq_*      encoder-decoder (T5, BART): the same three, with the prompt's context as the encoder's
+                 input and the continuation (stripped, then end-of-sequence) as the decoder's target.
 
 Features are plain dicts of lists; `collate_*` pads them into tensors. Decoder contexts that are too
 long are first shortened by the task (`spec.fit_prompt`, which keeps the answer in view for training only), then
@@ -48,12 +50,14 @@ def recipe_for(family: str, spec, objective: str = "auto") -> Recipe:
                               f"model (e.g. model=smollm2 or model=llama2-7b)")
         return RECIPES["encoder"]
     if not spec.supports_decoder:
-        raise ConfigError(f"task {spec.name!r} has no decoder prompt; use an encoder model (e.g. model=minilm)")
+        raise ConfigError(f"task {spec.name!r} has no prompt (its examples are pairs for a classification head); "
+                          f"use an encoder model (e.g. model=minilm)")
+    prefix = "seq2seq_" if family == "seq2seq" else ""
     if spec.kind == "generation":
-        return RECIPES["lm_generate"]
+        return RECIPES[f"{prefix}generate" if prefix else "lm_generate"]
     if objective == "auto":
         objective = "candidates" if spec.kind == "classification" else "lm"
-    return RECIPES["candidates" if objective == "candidates" else "lm_candidates"]
+    return RECIPES[prefix + ("candidates" if objective == "candidates" else "lm_candidates")]
 
 
 # -- encoder -------------------------------------------------------------------------------------
@@ -159,10 +163,15 @@ def candidate_scores(model, batch):
     rows, cols = mask.nonzero(as_tuple=True)
     picked = logits[:, :-1][rows, cols].float().log_softmax(-1)
     token_logp = picked.gather(-1, batch["input_ids"][:, 1:][rows, cols].unsqueeze(-1)).squeeze(-1)
-    seq_score = torch.zeros(mask.shape[0], device=logits.device).index_add(0, rows, token_logp)
+    return _by_example(token_logp, rows, mask, batch)
+
+
+def _by_example(token_logp, rows, mask, batch):
+    """Token log-probabilities (of sequence `rows`) -> (examples, max candidates) mean per candidate."""
+    seq_score = torch.zeros(mask.shape[0], device=token_logp.device).index_add(0, rows, token_logp)
     seq_score = seq_score / mask.sum(1).clamp(min=1)
     owner, slot = batch["owner"], batch["slot"]
-    scores = torch.full((batch["gold"].shape[0], int(slot.max()) + 1), float("-inf"), device=logits.device)
+    scores = torch.full((batch["gold"].shape[0], int(slot.max()) + 1), float("-inf"), device=token_logp.device)
     scores[owner, slot] = seq_score
     return scores
 
@@ -171,8 +180,8 @@ def loss_candidates(model, batch):
     return F.cross_entropy(candidate_scores(model, batch), batch["gold"])
 
 
-def predict_candidates(model, batch, ctx):
-    scores = candidate_scores(model, batch)
+def predict_candidates(model, batch, ctx, scores_of=candidate_scores):
+    scores = scores_of(model, batch)
     gold = batch["gold"]
     known = gold >= 0
     loss = F.cross_entropy(scores[known], gold[known], reduction="sum").item() if known.any() else None
@@ -228,6 +237,98 @@ def predict_generate(model, batch, ctx):
     return [t.split("\n")[0].strip() for t in texts], None
 
 
+# -- encoder-decoder: the context is the encoder's input, the continuation the decoder's target ------
+#
+# Targets are stripped and end with end-of-sequence, as T5 and BART were trained (the decoder starts
+# fresh, so a decoder prompt's leading space has nothing to separate, and T5's vocabulary has no
+# newline to stop at): generation stops at end-of-sequence. Candidates are scored the same way
+# (mean log-probability of their tokens and the end-of-sequence), so training and scoring agree.
+
+
+def _source(tokenizer, context, max_length):
+    return _ids(tokenizer, context, True)[-max_length:]  # cut from the left: the question is at the end
+
+
+def _target(tokenizer, text, max_length):
+    return (_ids(tokenizer, text.strip(), False) + [tokenizer.eos_token_id])[-max_length:]
+
+
+def encode_seq2seq_candidates(spec, examples, tokenizer, max_length, keep_answer=False):
+    """One feature per example: its encoder input, and each candidate as a decoder target."""
+    features = []
+    for p in _prompts(spec, examples, tokenizer, max_length, keep_answer):
+        features.append({"source": _source(tokenizer, p.context, max_length),
+                         "targets": [_target(tokenizer, c, max_length) for c in p.candidates],
+                         "gold": -100 if p.gold is None else p.gold})
+    return features
+
+
+def collate_seq2seq_candidates(features, tokenizer):
+    sources, targets, owner, slot = [], [], [], []
+    for i, f in enumerate(features):
+        for j, target in enumerate(f["targets"]):
+            sources.append(f["source"])
+            targets.append(target)
+            owner.append(i)
+            slot.append(j)
+    return {"input_ids": _pad(sources, tokenizer.pad_token_id),
+            "attention_mask": _pad([[1] * len(s) for s in sources], 0),
+            "labels": _pad(targets, -100),
+            "owner": torch.tensor(owner), "slot": torch.tensor(slot),
+            "gold": torch.tensor([f["gold"] for f in features])}
+
+
+def seq2seq_candidate_scores(model, batch):
+    """As `candidate_scores`, each candidate being a decoder target (the model shifts it right itself)."""
+    labels = batch["labels"]
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).logits
+    mask = labels >= 0
+    rows, cols = mask.nonzero(as_tuple=True)
+    picked = logits[rows, cols].float().log_softmax(-1)
+    token_logp = picked.gather(-1, labels[rows, cols].unsqueeze(-1)).squeeze(-1)
+    return _by_example(token_logp, rows, mask, batch)
+
+
+def loss_seq2seq_candidates(model, batch):
+    return F.cross_entropy(seq2seq_candidate_scores(model, batch), batch["gold"])
+
+
+def predict_seq2seq_candidates(model, batch, ctx):
+    return predict_candidates(model, batch, ctx, scores_of=seq2seq_candidate_scores)
+
+
+def encode_seq2seq_lm(spec, examples, tokenizer, max_length, keep_answer=False):
+    """Encoder input and decoder target (the gold candidate, or the answer) for the model's own loss."""
+    return [{"input_ids": _source(tokenizer, p.context, max_length), "labels": _target(tokenizer, p.target, max_length)}
+            for p in _prompts(spec, examples, tokenizer, max_length, keep_answer) if p.target is not None]
+
+
+def collate_seq2seq_lm(features, tokenizer):
+    ids = [f["input_ids"] for f in features]
+    return {"input_ids": _pad(ids, tokenizer.pad_token_id),
+            "attention_mask": _pad([[1] * len(i) for i in ids], 0),
+            "labels": _pad([f["labels"] for f in features], -100)}
+
+
+def encode_seq2seq_generate(spec, examples, tokenizer, max_length, keep_answer=False):
+    return [{"input_ids": _source(tokenizer, p.context, max_length)}
+            for p in _prompts(spec, examples, tokenizer, max_length, keep_answer)]
+
+
+def collate_seq2seq_generate(features, tokenizer):
+    ids = [f["input_ids"] for f in features]
+    return {"input_ids": _pad(ids, tokenizer.pad_token_id), "attention_mask": _pad([[1] * len(i) for i in ids], 0)}
+
+
+def predict_seq2seq_generate(model, batch, ctx):
+    """Greedy decoding to end-of-sequence; the output is the decoder's alone (no prompt to cut off)."""
+    out = ctx.unwrap(model).generate(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=ctx.max_new_tokens,
+        do_sample=False, synced_gpus=ctx.synced_gpus)
+    texts = ctx.tokenizer.batch_decode(out, skip_special_tokens=True)
+    return [t.split("\n")[0].strip() for t in texts], None
+
+
 RECIPES = {
     "encoder": Recipe("encoder", encode_encoder, collate_encoder, loss_encoder,
                       encode_encoder, collate_encoder, predict_encoder),
@@ -237,4 +338,12 @@ RECIPES = {
                             encode_candidates, collate_candidates, lambda m, b, c: (predict_candidates(m, b, c)[0], None)),
     "lm_generate": Recipe("lm_generate", encode_lm, collate_lm, loss_lm,
                           encode_generate, collate_generate, predict_generate),
+    "seq2seq_candidates": Recipe("seq2seq_candidates", encode_seq2seq_candidates, collate_seq2seq_candidates,
+                                 loss_seq2seq_candidates, encode_seq2seq_candidates, collate_seq2seq_candidates,
+                                 predict_seq2seq_candidates),
+    "seq2seq_lm_candidates": Recipe("seq2seq_lm_candidates", encode_seq2seq_lm, collate_seq2seq_lm, loss_lm,
+                                    encode_seq2seq_candidates, collate_seq2seq_candidates,
+                                    lambda m, b, c: (predict_seq2seq_candidates(m, b, c)[0], None)),
+    "seq2seq_generate": Recipe("seq2seq_generate", encode_seq2seq_lm, collate_seq2seq_lm, loss_lm,
+                               encode_seq2seq_generate, collate_seq2seq_generate, predict_seq2seq_generate),
 }

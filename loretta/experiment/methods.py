@@ -6,7 +6,7 @@ target modules) and the method's hyper-parameters as keyword arguments (the YAML
 PEFT-style methods, the model itself with `requires_grad` set for bitfit / ft / encoder prefix.
 
   lora, ia3, prompt        PEFT
-  prefix                   PEFT on causal LMs; ours on encoders (prefix.py)
+  prefix                   PEFT on causal LMs and encoder-decoders; ours on encoders (prefix.py)
   loretta_adp, loretta_rep the LoRETTA library (adapters = loretta_adp with tensorized=false)
   bitfit                   biases only (+ the label projection for classification)
   ft                       everything
@@ -29,14 +29,17 @@ METHODS: dict[str, Callable] = {}
 
 @dataclass
 class Target:
-    family: str  # encoder | decoder
+    family: str  # encoder | decoder | seq2seq
     model_type: str
     num_labels: int | None = None
     targets: dict = field(default_factory=dict)  # model config `targets`: method -> module names
 
     @property
     def task_type(self) -> str:
-        return "SEQ_CLS" if self.family == "encoder" else "CAUSAL_LM"
+        return TASK_TYPES[self.family]
+
+
+TASK_TYPES = {"encoder": "SEQ_CLS", "decoder": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM"}  # PEFT's, per family
 
 
 def method(name: str):
@@ -163,15 +166,25 @@ def ia3(model, target: Target, target_modules=None, feedforward_modules=None):
 def prompt(model, target: Target, num_virtual_tokens=10):
     from peft import PromptTuningConfig, get_peft_model
 
-    return get_peft_model(model, PromptTuningConfig(task_type=target.task_type, num_virtual_tokens=num_virtual_tokens))
+    from .peft_generation import fix_prompt_learning_generation
+
+    peft_model = get_peft_model(model, PromptTuningConfig(task_type=target.task_type,
+                                                          num_virtual_tokens=num_virtual_tokens))
+    fix_prompt_learning_generation(peft_model)
+    return peft_model
 
 
 @method("prefix")
 def prefix(model, target: Target, num_virtual_tokens=5, init_std=0.02):
-    if target.family == "decoder":
+    if target.family != "encoder":
         from peft import PrefixTuningConfig, get_peft_model
 
-        return get_peft_model(model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=num_virtual_tokens))
+        from .peft_generation import fix_prompt_learning_generation
+
+        peft_model = get_peft_model(model, PrefixTuningConfig(task_type=target.task_type,
+                                                              num_virtual_tokens=num_virtual_tokens))
+        fix_prompt_learning_generation(peft_model)
+        return peft_model
     from .prefix import add_encoder_prefix
 
     add_encoder_prefix(model, num_virtual_tokens, init_std)

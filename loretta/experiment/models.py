@@ -7,11 +7,12 @@ Where the weights come from is the config's `source`, one loader each in `SOURCE
   gguf         a GGUF file inside a pip package, dequantised once and saved to the cache (SmolLM2)
   tiny         random weights from a small `AutoConfig.for_model` config, for tests
 The `family` decides the head: encoder -> AutoModelForSequenceClassification (num_labels from the
-task; 1 = regression), decoder -> AutoModelForCausalLM.
+task; 1 = regression), decoder -> AutoModelForCausalLM, seq2seq (T5, BART) -> AutoModelForSeq2SeqLM.
 
 Tokenizers of tiny models (no files of their own, offline):
   minilm  MiniLM's uncased BERT WordPiece (30,522 tokens) for BERT/RoBERTa/DeBERTa-style encoders;
-  bytes   a byte-level tokenizer built here (256 byte tokens + <pad> <s> </s>) for decoders: every
+  bytes   a byte-level tokenizer built here (256 byte tokens + <pad> <s> </s>) for decoders and
+          encoder-decoders: every
           string round-trips exactly, so generated answers decode to the text that was produced.
 """
 
@@ -30,8 +31,9 @@ import torch
 
 from .checks import ConfigError
 
-FAMILIES = ("encoder", "decoder")
-OFFLINE_MODELS = "minilm, mpnet, smollm2, tiny-bert, tiny-roberta, tiny-deberta, tiny-llama, tiny-opt"
+FAMILIES = ("encoder", "decoder", "seq2seq")
+OFFLINE_MODELS = ("minilm, mpnet, smollm2, tiny-bert, tiny-roberta, tiny-deberta, tiny-llama, tiny-opt, tiny-t5, "
+                  "tiny-bart")
 
 
 def cache_root() -> Path:
@@ -194,12 +196,13 @@ def quantization_config(mcfg):
 def load(mcfg, *, num_labels: int | None = None, label_names=None, device=None) -> Loaded:
     """The model of `mcfg` with the head its family needs, and its tokenizer (pad token set).
     A quantized model is loaded straight onto `device` (bitsandbytes places it as it quantizes)."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer
 
     if mcfg.family not in FAMILIES:
         raise ConfigError(f"model.family={mcfg.family!r} is not one of {', '.join(FAMILIES)}")
     encoder = mcfg.family == "encoder"
-    auto = AutoModelForSequenceClassification if encoder else AutoModelForCausalLM
+    auto = {"encoder": AutoModelForSequenceClassification, "decoder": AutoModelForCausalLM,
+            "seq2seq": AutoModelForSeq2SeqLM}[mcfg.family]
     head = {}
     if encoder:
         head = {"num_labels": num_labels}
