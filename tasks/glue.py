@@ -10,6 +10,7 @@ names, which MeZO's RTE prompt uses).
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -40,6 +41,8 @@ def tsv_parser(fields: dict[str, str], label: str, names: tuple[str, ...], *, la
                     y: int | float = float(value)
                 except ValueError:
                     raise DataFormatError(path, line, f"score {value!r} is not a number") from None
+                if not math.isfinite(y):  # float() takes "nan" / "inf"; one such label makes every correlation NaN
+                    raise DataFormatError(path, line, f"score {value!r} is not a finite number")
             else:
                 y = label_index(value, names, path, line, label_map)
             out.append(Example(fields={k: row[c] for k, c in fields.items()}, label=y,

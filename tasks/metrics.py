@@ -232,12 +232,20 @@ def multirc_set(predictions, examples) -> dict[str, float]:
     return {"accuracy": accuracy(preds, labels), "f1a": binary_f1(preds, labels), "em": em}
 
 
+def _entity(ex, index: int) -> str:
+    """The entity a predicted index names; a negative index would silently count from the end."""
+    entities = ex.fields["entities"]
+    if not 0 <= index < len(entities):
+        raise ValueError(f"prediction {index} is not an index into the {len(entities)} entities of example {ex.id!r}")
+    return entities[index]
+
+
 def record_set(predictions, examples) -> dict[str, float]:
     """ReCoRD: accuracy = chosen entity is a gold answer (MeZO), plus the official max-over-golds
     SQuAD-normalised EM and token F1. Predictions: entity indices (or the entity strings)."""
     acc, em, f1 = [], [], []
     for p, ex in zip(predictions, examples):
-        entity = p if isinstance(p, str) else ex.fields["entities"][_indices([p])[0]]
+        entity = p if isinstance(p, str) else _entity(ex, _indices([p])[0])
         acc.append(entity in ex.answers)
         em.append(max_over_golds(squad_exact, entity, ex.answers))
         f1.append(max_over_golds(squad_f1, entity, ex.answers))

@@ -150,13 +150,19 @@ def drop(ex: Example) -> Prompted:
 
 
 def _answer_char_span(ex: Example, text: str) -> tuple[int, int] | None:
-    """Where the first locatable gold answer sits in `text` (SQuAD's answer_start, else a search)."""
+    """Where the first locatable gold answer sits in `text` (SQuAD's answer_start, else a search).
+    The search prefers a whole-word occurrence: DROP's "3" must not be found inside "1932"."""
     starts = ex.meta.get("answer_starts") or []
     for answer, start in zip(ex.answers, starts):
         if start is not None and start >= 0 and text[start:start + len(answer)] == answer:
             return start, start + len(answer)
-    for answer in ex.answers:
-        pos = text.find(answer) if answer else -1
+    answers = [a for a in ex.answers if a]
+    for answer in answers:
+        match = re.search(rf"(?<!\w){re.escape(answer)}(?!\w)", text)
+        if match:
+            return match.span()
+    for answer in answers:
+        pos = text.find(answer)
         if pos >= 0:
             return pos, pos + len(answer)
     return None

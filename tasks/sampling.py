@@ -11,10 +11,15 @@ mezo (LLaMA-2, Tables 2-3; MeZO's `sample_train_sets` / `sample_subset`): a perm
     with fewer than num_train + num_dev train examples, all are taken, dev keeps num_dev and train
     gets the rest (CB 150/100, COPA 300/100, WSC 54/500); test is the whole validation split when
     it has fewer than num_test (CB 56, COPA 100, WSC 104).
+
+Sizes the caller passes explicitly and the data cannot fill shrink the same way, with a warning (the
+defaults shrink silently: that is MeZO's protocol). The seed must be an integer: numpy would take
+None as "draw from the OS" and give a different sample on every call.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence, TypeVar
 
 import numpy as np
@@ -34,24 +39,46 @@ def permuted(items: Sequence[T], seed: int, num: int | None = None) -> list[T]:
     return [items[i] for i in order]
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _check(name: str, value: int | None) -> None:
-    if value is not None and (not isinstance(value, (int, np.integer)) or value < 0):
+    if value is not None and (not _is_int(value) or value < 0):
         raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}")
+
+
+def _check_seed(seed) -> None:
+    if not _is_int(seed) or not 0 <= seed < 2**32:  # numpy's RandomState range
+        raise ValueError(f"seed must be an integer in 0..2**32-1, got {seed!r}")
+
+
+def _warn_short(name: str, asked: int | None, got: int, where: str) -> None:
+    """Say when an explicitly requested size could not be filled (None: the protocol's default)."""
+    if asked is not None and got < asked:
+        warnings.warn(f"{name}={asked} asked for, but {where}: {name.removeprefix('num_')} gets {got}",
+                      stacklevel=3)
 
 
 def glue_protocol(train: Sequence[T], valid: Sequence[T], seed: int = 0, num_train: int | None = None,
                   num_dev: int | None = None, num_test: int | None = None) -> dict[str, list[T]]:
+    _check_seed(seed)
     for name, v in (("num_train", num_train), ("num_dev", num_dev), ("num_test", num_test)):
         _check(name, v)
     train_out = list(train) if num_train is None or num_train >= len(train) else permuted(train, seed, num_train)
     test = list(valid) if num_test is None or num_test >= len(valid) else permuted(valid, seed, num_test)
     dev = test if num_dev is None else test[:num_dev]
+    _warn_short("num_train", num_train, len(train_out), f"the train split has only {len(train)} examples")
+    _warn_short("num_test", num_test, len(test), f"the validation split has only {len(valid)} examples")
+    _warn_short("num_dev", num_dev, len(dev), f"the test set (= validation) has only {len(test)} examples")
     return {"train": train_out, "dev": dev, "test": test}
 
 
 def mezo_protocol(train: Sequence[T], valid: Sequence[T], seed: int = 0, num_train: int | None = None,
                   num_dev: int | None = None, num_test: int | None = None,
                   default_num_dev: int = 500) -> dict[str, list[T]]:
+    _check_seed(seed)
+    asked = {"num_train": num_train, "num_test": num_test}  # explicit sizes, for the warnings below
     num_train = MEZO_NUM_TRAIN if num_train is None else num_train
     num_dev = default_num_dev if num_dev is None else num_dev
     num_test = MEZO_NUM_TEST if num_test is None else num_test
@@ -63,7 +90,11 @@ def mezo_protocol(train: Sequence[T], valid: Sequence[T], seed: int = 0, num_tra
                          f"after a dev set of {num_dev}; pass a smaller num_dev")
     dev = sampled[len(sampled) - num_dev:] if num_dev else []
     train_out = sampled[:len(sampled) - num_dev]
-    return {"train": train_out, "dev": dev, "test": permuted(valid, seed, num_test)}
+    test = permuted(valid, seed, num_test)
+    _warn_short("num_train", asked["num_train"], len(train_out),
+                f"the train split has only {len(train)} examples, {num_dev} of them for dev")
+    _warn_short("num_test", asked["num_test"], len(test), f"the validation split has only {len(valid)} examples")
+    return {"train": train_out, "dev": dev, "test": test}
 
 
 PROTOCOLS = {"glue": glue_protocol, "mezo": mezo_protocol}

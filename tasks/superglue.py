@@ -3,7 +3,8 @@
 
 Sources: the Hub's `aps/super_glue`, or the original SuperGLUE files (`train.jsonl` / `val.jsonl`,
 one JSON object a line). Field names are the Hub's. Original files differ from the Hub in shape
-only: labels are true/false or names, WSC nests its spans under `target`, MultiRC nests
+only: labels are true/false or names, WSC nests its spans under `target` (and gets the span-text
+repairs of the Hub's `wsc.fixed`, see `fixed_span`), MultiRC nests
 questions and answers under `passage`, ReCoRD gives entities as character spans (end inclusive)
 and nests its queries under `qas`. Like the Hub, MultiRC yields one example per answer option
 and ReCoRD one per query, with entities as the sorted set of their surface strings.
@@ -63,13 +64,26 @@ def hub(config: str, convert) -> HubSource:
 # --- WSC: spans nested under "target" ---------------------------------------------------------
 
 
+def fixed_span(text: str, span: str, index) -> str:
+    """A span text as the Hub's `wsc.fixed` has it. A few spans of the original files are not
+    substrings of their text: such a span takes the case of the text's word at `index` for its first
+    letter, loses a final "." and has its newlines made spaces (spans found in the text are kept)."""
+    if not span or span in text:
+        return span
+    words = text.split()
+    if isinstance(index, int) and 0 <= index < len(words):
+        span = (span[0].lower() if words[index][0].islower() else span[0].upper()) + span[1:]
+    return span.rstrip(".").replace("\n", " ")
+
+
 def parse_wsc(path: Path, split: str) -> list[Example]:
     out = []
     for line, obj in read_jsonl(path, required=("text", "target", "label")):
-        target = obj["target"]
+        target, text = obj["target"], obj["text"]
         check_keys(target, ("span1_index", "span1_text", "span2_index", "span2_text"), path, line, "target")
         out.append(Example(
-            fields={"text": obj["text"], "span1_text": target["span1_text"], "span2_text": target["span2_text"]},
+            fields={"text": text, "span1_text": fixed_span(text, target["span1_text"], target["span1_index"]),
+                    "span2_text": fixed_span(text, target["span2_text"], target["span2_index"])},
             label=label_index(obj["label"], FALSE_TRUE, path, line, BOOL), id=str(obj.get("idx", line)),
             meta={"span1_index": target["span1_index"], "span2_index": target["span2_index"]}))
     return out

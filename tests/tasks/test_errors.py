@@ -85,6 +85,11 @@ def test_bad_regression_score(tmp_path):
     write(tmp_path / "train.tsv", header + "0\tg\tf\ty\t1\tn\tn\tA.\tB.\tfive\n")
     with pytest.raises(DataFormatError, match="line 2: score 'five' is not a number"):
         load_split("stsb", "train", tmp_path)
+    for bad in ("nan", "inf", "-Infinity"):  # float() takes them; a NaN label made every correlation NaN
+        write(tmp_path / "dev.tsv", header + "0\tg\tf\ty\t1\tn\tn\tA.\tB.\t3.0\n"
+                                   f"1\tg\tf\ty\t1\tn\tn\tC.\tD.\t{bad}\n")
+        with pytest.raises(DataFormatError, match=f"line 3: score '{bad}' is not a finite number"):
+            load_split("stsb", "validation", tmp_path)
 
 
 def test_squad_without_answers_is_an_error(tmp_path):

@@ -1,5 +1,6 @@
 """Loaders of the benchmarks not in ../shared/data, on small fixture files in the official formats."""
 
+import json
 import warnings
 from pathlib import Path
 
@@ -119,3 +120,23 @@ def test_every_fixture_task_renders_a_prompt():
                 assert 0 <= p.gold < len(p.candidates)
             else:
                 assert p.candidates is None and p.target.endswith("\n")
+
+
+def test_wsc_files_get_the_span_fixes_of_the_hubs_wsc_fixed(tmp_path):
+    """aps/super_glue `wsc.fixed` (what MeZO and our Hub path use) repairs span texts that are not
+    substrings of the text: the first letter's case follows the word at the span index, a final "."
+    and newlines go. The original files must read the same."""
+    rows = [
+        ("The man couldn't lift his son because he was so weak.", 0, "the man", 7, "he"),  # case
+        ("I poured water from the bottle into the cup until it was full.", 4, "the bottle.", 10, "it"),  # "."
+        ("Sam took French classes from Adam, because he was eager to speak it fluently.", 5, "Adam", 7, "He"),
+        ("Mary and Anne met the mayor; she smiled.", 4, "the\nmayor", 6, "she"),  # newline in the span
+        ("Kamenev and later Zinoviev lost to Stalin.", 0, "Kamenev and Zinoviev", 5, "Stalin"),  # unfixable
+    ]
+    with open(tmp_path / "val.jsonl", "w") as f:
+        for i, (text, i1, s1, i2, s2) in enumerate(rows):
+            f.write(json.dumps({"text": text, "target": {"span1_index": i1, "span1_text": s1, "span2_index": i2,
+                                                         "span2_text": s2}, "idx": i, "label": True}) + "\n")
+    spans = [(e.fields["span1_text"], e.fields["span2_text"]) for e in load_split("wsc", "validation", tmp_path)]
+    assert spans == [("The man", "he"), ("the bottle", "it"), ("Adam", "he"), ("the mayor", "she"),
+                     ("Kamenev and Zinoviev", "Stalin")]

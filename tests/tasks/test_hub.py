@@ -95,5 +95,27 @@ def test_squad_and_drop_rows(fake_datasets):
 
 
 def test_load_splits_from_the_hub(fake_datasets):
-    splits = load_splits("copa", protocol="mezo", num_train=4, num_dev=2, num_test=5)
+    with pytest.warns(UserWarning, match="num_test=5 asked for, but the validation split has only 1"):
+        splits = load_splits("copa", protocol="mezo", num_train=4, num_dev=2, num_test=5)
     assert [len(splits[k]) for k in ("train", "dev", "test")] == [4, 2, 1]
+
+
+HUB = {  # task: (dataset, config, validation split) as published on the Hub
+    "mnli": ("nyu-mll/glue", "mnli", "validation_matched"),
+    "mnli_mm": ("nyu-mll/glue", "mnli", "validation_mismatched"),
+    **{t: ("nyu-mll/glue", t, "validation") for t in ("sst2", "mrpc", "cola", "qnli", "qqp", "rte", "stsb")},
+    **{t: ("aps/super_glue", t, "validation") for t in ("boolq", "cb", "copa", "wic", "multirc", "record")},
+    "wsc": ("aps/super_glue", "wsc.fixed", "validation"),
+    "squad": ("rajpurkar/squad", "plain_text", "validation"),
+    "drop": ("ucinlp/drop", None, "validation"),
+}
+
+
+@pytest.mark.parametrize("task", sorted(HUB))
+def test_hub_names_and_no_unlabelled_test_split(task):
+    src = get_task(task).hub
+    assert (src.path, src.config, src.splits) == (HUB[task][0], HUB[task][1],
+                                                   {"train": "train", "validation": HUB[task][2]})
+    # GLUE / SuperGLUE test splits carry label -1: they must never be an evaluation set, on disk either
+    for fmt in get_task(task).disk:
+        assert not any("test" in f for f in fmt.files.values()), fmt.files

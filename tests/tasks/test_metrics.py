@@ -136,3 +136,12 @@ def test_drop_task_reports_squad_f1_and_official_f1():
     assert scores["drop_f1"] == 0.0 and scores["em"] == 0.0 and scores["drop_em"] == 0.0
     hub_like = Example(fields={}, answers=["Tom Hill", "Ann Lee"])  # no answer_sets: each string alone
     assert get_task("drop").compute_metrics(["Ann Lee"], [hub_like])["drop_f1"] == 1.0
+
+
+@pytest.mark.parametrize("bad", [-1, 4])
+def test_record_entity_index_out_of_range_is_an_error(bad):
+    # -1 used to pick the last entity (and score it as right); 4 raised a bare IndexError
+    ex = Example(fields={"entities": ["Barcelona", "Lionel Messi", "Messi", "Spain"]}, label=3, answers=["Spain"],
+                 id="q7")
+    with pytest.raises(ValueError, match=rf"prediction {bad} is not an index into the 4 entities of example 'q7'"):
+        get_task("record").compute_metrics([bad], [ex])

@@ -142,3 +142,14 @@ def test_fit_prompt_shortens_a_classification_passage_and_keeps_the_question():
     assert len((p.context + "Yes").split()) <= 50
     short = Example(fields={"question": "is it", "passage": "short"}, label=1)
     assert get_task("boolq").fit_prompt(short, max_tokens=50) == get_task("boolq").prompt(short)
+
+
+def test_fit_prompt_finds_a_whole_answer_not_a_piece_of_a_longer_number():
+    # "3" used to be found inside "1932": the window kept the year and lost the answer
+    context = "Founded in 1932 , the club. " + LONG + " They scored 3 touchdowns."
+    ex = Example(fields={"passage": context, "question": "How many touchdowns?"}, answers=["3"])
+    p = get_task("drop").fit_prompt(ex, max_tokens=40)
+    assert "scored 3 touchdowns" in p.context and "1932" not in p.context
+    # no whole-word occurrence: a piece of a word is still better than nothing
+    ex = Example(fields={"passage": LONG + " Reunification", "question": "What?"}, answers=["unification"])
+    assert "Reunification" in get_task("drop").fit_prompt(ex, max_tokens=40).context
