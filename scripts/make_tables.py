@@ -7,13 +7,20 @@ Reads every `results.json` under --results (status "completed"), averages each (
 variant, task) over seeds (mean ± std, scores in %), and writes to --out (default: the repository's
 results/tables, where its committed tables live):
   tables.md / tables.tex  Table 1 (GLUE), Tables 2-3 (LLaMA-2), the ablations (Table 6 rank, Table 7
-                          TT shape, Table 11 head / layer norms), and a table of every other run;
-                          "—" where a run is missing; trainable parameters in millions as the paper
-                          prints them
+                          TT shape, Table 11 head / layer norms), and a table of every run that has no
+                          cell in them; "—" where a run is missing; trainable parameters in millions
   summary.csv             one row per (model, method, variant, task)
   score_vs_params.png     average score against trainable parameters, per method (ours filled,
                           the paper's hollow)
 The paper's numbers come from results/paper/paper_results.csv (--paper).
+A setting run at several learning rates (variants that differ only in an `_lr<value>` part, e.g.
+`_lr1e-4` and `_lr5e-4`) fills its paper-table cell with the lr whose runs have the best mean dev score
+(under the MeZO protocol, which picks checkpoints by dev loss: the lowest mean dev loss), named under
+the table; the test score never chooses. Seeds of one cell that train different numbers of parameters
+are averaged but named on stderr (they are not the same setting), and so is a seed recorded twice (two
+copies of one run under --results). A run of a paper model on a sample of the data (train.num_train /
+num_dev / num_test) or for a set number of steps (train.max_steps) fills no paper-table cell: it is
+listed under "Other runs" with those settings.
 
 A results.json that cannot be read, or a completed one that lacks a field, is skipped with a message
 naming the file. No completed run under --results is an error, and nothing is written. Each file is
@@ -27,6 +34,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 from collections import defaultdict
@@ -50,6 +58,8 @@ LLAMA_METHODS = ["ft", "adapters", "lora", "prefix", "ia3", "loretta_rep", "lore
 SHAPES = {"_s8_8_12_8_8": "[8, 8, 12, 8, 8]", "_s64_12_64": "[64, 12, 64]", "_s4_4_4_12_4_4_4": "[4,4,4,12,4,4,4]"}
 HEADS = {"True": "Tensorized", "False": "Regular", "none": "No"}
 RUN_KEYS = ("model", "method", "task", "primary_metric", "metrics", "trainable_params")
+LR_PART = re.compile(r"_lr[^_\s]+")  # a variant's learning-rate part ("_r10_lr3e-4" -> "_r10")
+SAMPLED = ("num_train", "num_dev", "num_test")  # train settings that run a paper protocol on part of its data
 PAPER_COLUMNS = ("table", "model", "method", "setting", "task", "score", "params_m")
 
 
@@ -84,10 +94,34 @@ def read_run(path: Path) -> dict | None:
     metric, metrics = record["primary_metric"], record["metrics"]
     if not isinstance(metrics, dict) or metric not in metrics:
         raise ValueError(f"primary_metric {metric!r} is not among its metrics {metrics!r}")
+    score = 100.0 * number(metrics[metric], f"metrics[{metric!r}]")
+    variant = (record.get("variant") or "") + (short_of_protocol(record) if record["model"] in MODEL_NAMES else "")
     return {"model": record["model"], "method": record["method"], "task": record["task"],
-            "variant": record.get("variant") or "", "seed": record.get("seed"),
-            "score": 100.0 * number(metrics[metric], f"metrics[{metric!r}]"), "metric": metric,
-            "params": number(record["trainable_params"], "trainable_params"), "path": str(path)}
+            "variant": variant, "seed": record.get("seed"), "score": score, "metric": metric,
+            "params": number(record["trainable_params"], "trainable_params"), "lr": record.get("lr"),
+            "dev": dev_score(record, metric, score), "path": str(path)}
+
+
+def short_of_protocol(record: dict) -> str:
+    """What keeps a run of a paper model out of the paper tables' cells, as its variant's suffix
+    (" [num_train=2000 max_steps=200]"): a sample of the data or a step limit (0: the untrained model) in
+    place of the protocol's full data and epochs. Such runs are listed under "Other runs"."""
+    train = (record.get("config") or {}).get("train") or {}
+    parts = [f"{key}={train[key]}" for key in SAMPLED if train.get(key) is not None]
+    if isinstance(train.get("max_steps"), int) and train["max_steps"] >= 0:
+        parts.append(f"max_steps={train['max_steps']}")
+    return f" [{' '.join(parts)}]" if parts else ""
+
+
+def dev_score(record: dict, metric: str, score: float) -> float | None:
+    """How the run did on dev by the rule that picked its checkpoint, higher is better: the dev score (%), or
+    minus the dev loss (selected_by loss: the MeZO protocol); None when the record does not say."""
+    best = record.get("best_dev") if isinstance(record.get("best_dev"), dict) else {}
+    if record.get("selected_by") == "loss":
+        return -number(best["loss"], "best_dev['loss']") if "loss" in best else None
+    if metric in best:
+        return 100.0 * number(best[metric], f"best_dev[{metric!r}]")
+    return score if record.get("eval_split", "dev") == "dev" else None
 
 
 def number(value, what: str) -> float:
@@ -98,7 +132,7 @@ def number(value, what: str) -> float:
 
 
 def aggregate(runs: list[dict]) -> dict:
-    """(model, method, variant, task) -> {"mean", "std", "n", "params", "metric"}."""
+    """(model, method, variant, task) -> {"mean", "std", "n", "params", "metric", "lr", "dev"}."""
     groups = defaultdict(list)
     for r in runs:
         groups[(r["model"], r["method"], r["variant"], r["task"])].append(r)
@@ -107,9 +141,57 @@ def aggregate(runs: list[dict]) -> dict:
         scores = [r["score"] for r in rs]
         mean = sum(scores) / len(scores)
         std = math.sqrt(sum((s - mean) ** 2 for s in scores) / (len(scores) - 1)) if len(scores) > 1 else 0.0
+        sizes = sorted({int(r["params"]) for r in rs})
+        if len(sizes) > 1:
+            print(f"warning: {' '.join(key[:2])}{key[2]} {key[3]}: its runs train different numbers of parameters "
+                  f"({', '.join(f'{s:,}' for s in sizes)}), so they are not one setting; averaged anyway "
+                  f"({', '.join(r['path'] for r in rs)})", file=sys.stderr)
+        seeds = [r["seed"] for r in rs]
+        if len(set(seeds)) < len(seeds):
+            twice = sorted({s for s in seeds if seeds.count(s) > 1}, key=str)
+            paths = ", ".join(r["path"] for r in rs if r["seed"] in twice)
+            print(f"warning: {' '.join(key[:2])}{key[2]} {key[3]}: seed(s) {', '.join(map(str, twice))} recorded by "
+                  f"more than one run, each counted as a seed ({paths})", file=sys.stderr)
+        lrs = {r["lr"] for r in rs}
+        devs = [r["dev"] for r in rs]
         out[key] = {"mean": mean, "std": std, "n": len(scores), "params": sum(r["params"] for r in rs) / len(rs),
-                    "metric": rs[0]["metric"]}
+                    "metric": rs[0]["metric"], "lr": lrs.pop() if len(lrs) == 1 else None,
+                    "dev": sum(devs) / len(devs) if None not in devs else None}
     return out
+
+
+def setting(variant: str) -> str:
+    """A variant without its learning-rate part: the setting a paper-table cell stands for."""
+    return LR_PART.sub("", variant)
+
+
+class Cells(dict):
+    """(model, method, setting, task) -> the cell the paper tables show (see select_lr), remembering which
+    keys the tables looked up: the runs of every other key go to "Other runs"."""
+
+    def __init__(self, cells: dict):
+        super().__init__(cells)
+        self.looked_up: dict = {}  # in look-up order (a dict as an ordered set)
+
+    def get(self, key, default=None):
+        self.looked_up.setdefault(key)
+        return super().get(key, default)
+
+
+def select_lr(agg: dict) -> Cells:
+    """One cell per (model, method, setting, task): where the setting ran at several learning rates, the lr whose
+    runs have the best mean dev score (`dev`); a cell says which lr it took ("lr") and which it had ("lrs")."""
+    candidates = defaultdict(list)
+    for (model, method, variant, task), cell in agg.items():
+        candidates[(model, method, setting(variant), task)].append((variant, cell))
+    cells = {}
+    for key, found in candidates.items():
+        # the best dev score; a run without one only when no candidate has one; then the plain variant
+        variant, cell = max(found, key=lambda vc: (vc[1]["dev"] is not None, vc[1]["dev"] or 0.0, vc[0] == "",
+                                                   vc[0]))
+        cells[key] = {**cell, "variant": variant,
+                      "lrs": sorted({c["lr"] for _, c in found if c["lr"] is not None})}
+    return Cells(cells)
 
 
 def load_paper(path: Path) -> dict:
@@ -145,8 +227,10 @@ def fmt_params(millions: float | None, digits: int = 2) -> str:
     return DASH if millions is None else f"{millions:.{digits}f}M"
 
 
-def ours_row(agg, model, method, variant, tasks, digits=2, average=True):
-    cells = [agg.get((model, method, variant, t)) for t in tasks]
+def ours_row(cells, model, method, variant, tasks, digits=3, average=True):
+    """Our row of a paper table. Parameters with 3 decimals: the paper cuts some counts and rounds others
+    (55,766 -> 0.05M, 99,194 -> 0.10M), so ours at its 2 would look different where they are the same."""
+    cells = [cells.get((model, method, variant, t)) for t in tasks]
     params = next((c["params"] / 1e6 for c in cells if c is not None), None)
     row = [fmt_params(params, digits)] + [fmt_score(c) for c in cells]
     if average:
@@ -169,6 +253,7 @@ def paper_row(paper, table, model, method, setting, tasks, digits=2, average=Tru
 class Table:
     def __init__(self, title: str, header: list[str], note: str = ""):
         self.title, self.header, self.note, self.rows = title, header, note, []
+        self.footer = ""  # below the table (in LaTeX: the end of the caption)
 
     def add(self, row: list[str]) -> None:
         self.rows.append(row)
@@ -180,6 +265,8 @@ class Table:
         lines.append("| " + " | ".join(self.header) + " |")
         lines.append("|" + "|".join("---" for _ in self.header) + "|")
         lines += ["| " + " | ".join(r) + " |" for r in self.rows]
+        if self.footer:
+            lines += ["", self.footer]
         return "\n".join(lines) + "\n"
 
     def latex(self) -> str:
@@ -187,11 +274,12 @@ class Table:
             return (s.replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("%", "\\%").replace("&", "\\&")
                     .replace("±", "$\\pm$").replace(DASH, "--"))
 
+        caption = esc(self.title) + (f". {esc(self.footer)}" if self.footer else "")
         lines = ["\\begin{table}[t]", "\\centering", "\\small",
                  "\\begin{tabular}{" + "l" * 2 + "r" * (len(self.header) - 2) + "}", "\\toprule",
                  " & ".join(esc(h) for h in self.header) + " \\\\", "\\midrule"]
         lines += [" & ".join(esc(c) for c in r) + " \\\\" for r in self.rows]
-        lines += ["\\bottomrule", "\\end{tabular}", f"\\caption{{{esc(self.title)}}}", "\\end{table}"]
+        lines += ["\\bottomrule", "\\end{tabular}", f"\\caption{{{caption}}}", "\\end{table}"]
         return "\n".join(lines) + "\n"
 
 
@@ -199,25 +287,45 @@ def name(method: str) -> str:
     return METHOD_NAMES.get(method, method)
 
 
-def table1(agg, paper) -> list[Table]:
-    tables = []
-    for model in ("deberta-base", "roberta-base"):
-        t = Table(f"Table 1: GLUE on {MODEL_NAMES[model]} (dev set, best evaluation)",
-                  ["Method", "", "# Train. Param."] + [TASK_NAMES[x] for x in GLUE] + ["Avg."],
-                  "Scores in %: MNLI-m acc, SST-2 acc, MRPC F1, CoLA MCC, QNLI acc, QQP F1, RTE acc, STS-B Spearman.")
-        methods = TABLE1_METHODS + sorted({k[1] for k in agg if k[0] == model and k[2] == ""} - set(TABLE1_METHODS))
-        for method in methods:
-            p, has_paper = paper_row(paper, "table1", model, method, "", GLUE)
-            o, has_ours = ours_row(agg, model, method, "", GLUE)
-            if has_paper:
-                t.add([name(method), "paper", *p])
-            if has_paper or has_ours:
-                t.add([name(method), "ours", *o])
-        tables.append(t)
-    return tables
+def fmt_lr(lr: float) -> str:
+    """3e-4, 2.5e-4, 1e-6: as learning rates are written."""
+    mantissa, exponent = f"{lr:.6e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
-def table2(agg, paper) -> Table:
+def lr_footer(cells: Cells, keys: list) -> str:
+    """The learning rates chosen for the cells `keys` where a setting ran at several."""
+    chosen = defaultdict(list)
+    for key in keys:
+        cell = dict.get(cells, key)
+        if cell is not None and len(cell["lrs"]) > 1:
+            chosen[key[:3]].append(f"{TASK_NAMES.get(key[3], key[3])} {fmt_lr(cell['lr'])} "
+                                   f"(of {', '.join(fmt_lr(lr) for lr in cell['lrs'])})")
+    if not chosen:
+        return ""
+    several_models = len({model for model, _, _ in chosen}) > 1
+    parts = [f"{MODEL_NAMES.get(model, model) + ' ' if several_models else ''}{name(method)}{variant}: "
+             + ", ".join(choices) for (model, method, variant), choices in chosen.items()]
+    return "Learning rate with the best mean dev score, where several ran: " + "; ".join(parts) + "."
+
+
+def table1(cells, paper, model) -> Table:
+    t = Table(f"Table 1: GLUE on {MODEL_NAMES[model]} (dev set, best evaluation)",
+              ["Method", "", "# Train. Param."] + [TASK_NAMES[x] for x in GLUE] + ["Avg."],
+              "Scores in %: MNLI-m acc, SST-2 acc, MRPC F1, CoLA MCC, QNLI acc, QQP F1, RTE acc, STS-B Spearman. "
+              "The paper rows' Avg. is the mean of their cells (the paper's printed averages differ by up to 0.03).")
+    methods = TABLE1_METHODS + sorted({k[1] for k in cells if k[0] == model and k[2] == ""} - set(TABLE1_METHODS))
+    for method in methods:
+        p, has_paper = paper_row(paper, "table1", model, method, "", GLUE)
+        o, has_ours = ours_row(cells, model, method, "", GLUE)
+        if has_paper:
+            t.add([name(method), "paper", *p])
+        if has_paper or has_ours:
+            t.add([name(method), "ours", *o])
+    return t
+
+
+def table2(cells, paper) -> Table:
     tasks = ["cb", "boolq", "wsc", "copa", "record", "squad", "drop"]
     t = Table("Table 2: LLaMA-2-7B (MeZO protocol: 1000 train / 500 dev / up to 1000 test)",
               ["Method", "", "Train. Param."] + [TASK_NAMES[x] for x in tasks],
@@ -225,11 +333,11 @@ def table2(agg, paper) -> Table:
               "values are accuracies).")
     for method in LLAMA_METHODS:
         t.add([name(method), "paper", *paper_row(paper, "table2", "llama2-7b", method, "", tasks, average=False)[0]])
-        t.add([name(method), "ours", *ours_row(agg, "llama2-7b", method, "", tasks, average=False)[0]])
+        t.add([name(method), "ours", *ours_row(cells, "llama2-7b", method, "", tasks, average=False)[0]])
     return t
 
 
-def table3(agg, paper) -> Table:
+def table3(cells, paper) -> Table:
     t13, t70 = ["copa", "record", "squad", "drop"], ["squad", "drop"]
     t = Table("Table 3: LLaMA-2-13B and LLaMA-2-70B",
               ["Method", "", "13B Param."] + [f"13B {TASK_NAMES[x]}" for x in t13] + ["70B Param."]
@@ -237,41 +345,41 @@ def table3(agg, paper) -> Table:
     for method in ["adapters", "lora", "ia3", "loretta_rep", "loretta_adp"]:
         t.add([name(method), "paper", *paper_row(paper, "table3", "llama2-13b", method, "", t13, average=False)[0],
                *paper_row(paper, "table3", "llama2-70b", method, "", t70, average=False)[0]])
-        t.add([name(method), "ours", *ours_row(agg, "llama2-13b", method, "", t13, average=False)[0],
-               *ours_row(agg, "llama2-70b", method, "", t70, average=False)[0]])
+        t.add([name(method), "ours", *ours_row(cells, "llama2-13b", method, "", t13, average=False)[0],
+               *ours_row(cells, "llama2-70b", method, "", t70, average=False)[0]])
     return t
 
 
-def _ablation_cell(agg, method, variant, tasks, fallback_default: bool):
+def _ablation_cell(cells, method, variant, tasks, fallback_default: bool):
     """Our row for an ablation variant; the plain run (variant "") stands in for the default setting."""
-    row, found = ours_row(agg, "deberta-base", method, variant, tasks, digits=3, average=False)
+    row, found = ours_row(cells, "deberta-base", method, variant, tasks, average=False)
     if not found and fallback_default:
-        row, found = ours_row(agg, "deberta-base", method, "", tasks, digits=3, average=False)
+        row, found = ours_row(cells, "deberta-base", method, "", tasks, average=False)
     return row
 
 
-def table6(agg, paper) -> Table:
+def table6(cells, paper) -> Table:
     tasks = ["sst2", "qnli"]
     t = Table("Table 6: tensor rank (DeBERTa-base)", ["Method", "Rank", "", "Param."] + [TASK_NAMES[x] for x in tasks])
     for method in ("loretta_adp", "loretta_rep"):
         for r in (2, 5, 10, 20):
             v = f"_r{r}"
             t.add([name(method), str(r), "paper", *paper_row(paper, "table6", "deberta-base", method, v, tasks, 3, False)[0]])
-            t.add([name(method), str(r), "ours", *_ablation_cell(agg, method, v, tasks, r == 5)])
+            t.add([name(method), str(r), "ours", *_ablation_cell(cells, method, v, tasks, r == 5)])
     return t
 
 
-def table7(agg, paper) -> Table:
+def table7(cells, paper) -> Table:
     tasks = ["sst2", "mrpc", "qnli"]
     t = Table("Table 7: TT shape of the 768x64 adapter matrices (LoRETTA_adp, DeBERTa-base)",
               ["Shape", "", "", "Param."] + [TASK_NAMES[x] for x in tasks])
     for v, shape in SHAPES.items():
         t.add([shape, "", "paper", *paper_row(paper, "table7", "deberta-base", "loretta_adp", v, tasks, 2, False)[0]])
-        t.add([shape, "", "ours", *_ablation_cell(agg, "loretta_adp", v, tasks, v == "_s8_8_12_8_8")])
+        t.add([shape, "", "ours", *_ablation_cell(cells, "loretta_adp", v, tasks, v == "_s8_8_12_8_8")])
     return t
 
 
-def table11(agg, paper) -> Table:
+def table11(cells, paper) -> Table:
     tasks = ["sst2", "mrpc", "qnli"]
     t = Table("Table 11: classifier & pooler, trainable layer norms (DeBERTa-base)",
               ["Method", "Head / LN", "", "Param."] + [TASK_NAMES[x] for x in tasks])
@@ -281,21 +389,36 @@ def table11(agg, paper) -> Table:
                 v = f"_head-{head}_ln-{ln}"
                 label = f"{HEADS[head]} / {'yes' if ln == 'True' else 'no'}"
                 t.add([name(method), label, "paper", *paper_row(paper, "table11", "deberta-base", method, v, tasks, 3, False)[0]])
-                t.add([name(method), label, "ours", *_ablation_cell(agg, method, v, tasks, v == "_head-True_ln-True")])
+                default = v == "_head-True_ln-True"
+                t.add([name(method), label, "ours", *_ablation_cell(cells, method, v, tasks, default)])
     return t
 
 
-def other_runs(agg) -> Table | None:
-    """Everything the paper's tables do not show (other models, variants): model x method rows."""
-    paper_models = {"deberta-base", "roberta-base", "llama2-7b", "llama2-13b", "llama2-70b"}
-    keys = [k for k in agg if k[0] not in paper_models]
-    if not keys:
+def paper_tables(cells: Cells, paper) -> list[Table]:
+    """The paper's layouts, each with the learning rates it chose noted below it."""
+    builds = [lambda: table1(cells, paper, "deberta-base"), lambda: table1(cells, paper, "roberta-base"),
+              lambda: table2(cells, paper), lambda: table3(cells, paper), lambda: table6(cells, paper),
+              lambda: table7(cells, paper), lambda: table11(cells, paper)]
+    tables = []
+    for build in builds:
+        before = len(cells.looked_up)
+        table = build()
+        table.footer = lr_footer(cells, list(cells.looked_up)[before:])
+        tables.append(table)
+    return tables
+
+
+def other_runs(agg, cells: Cells) -> Table | None:
+    """Every run the paper tables have no cell for (other models, tasks, settings): model x method rows.
+    Call it after the paper tables, whose look-ups it reads."""
+    rest = {k: c for k, c in agg.items() if (k[0], k[1], setting(k[2]), k[3]) not in cells.looked_up}
+    if not rest:
         return None
-    tasks = sorted({k[3] for k in keys}, key=lambda x: (x not in GLUE, x))
+    tasks = sorted({k[3] for k in rest}, key=lambda x: (x not in GLUE, x))
     t = Table("Other runs (models and settings outside the paper's tables)",
               ["Model", "Method", "# Train. Param."] + [TASK_NAMES.get(x, x) for x in tasks] + ["Avg."])
-    for model, method, variant in sorted({k[:3] for k in keys}):
-        row, _ = ours_row(agg, model, method, variant, tasks)
+    for model, method, variant in sorted({k[:3] for k in rest}):
+        row, _ = ours_row(rest, model, method, variant, tasks, digits=2)
         t.add([model, name(method) + variant, *row])
     return t
 
@@ -303,15 +426,16 @@ def other_runs(agg) -> Table | None:
 # -- plot -------------------------------------------------------------------------------------------
 
 
-def plot(agg, paper) -> bytes:
-    """score_vs_params.png, as bytes (rendered in memory, so it is written like every other file)."""
+def plot(cells, paper) -> bytes:
+    """score_vs_params.png, as bytes (rendered in memory, so it is written like every other file): the plain
+    setting of each (model, method), at the learning rate the tables show."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     per_model = defaultdict(dict)  # model -> method -> (params, mean score over tasks)
-    for (model, method, variant, task), cell in agg.items():
+    for (model, method, variant, task), cell in dict.items(cells):
         if variant:
             continue
         per_model[model].setdefault(method, []).append((cell["params"], cell["mean"]))
@@ -348,11 +472,15 @@ def plot(agg, paper) -> bytes:
 
 
 def summary_csv(agg) -> str:
-    lines = ["model,method,variant,task,metric,mean,std,n,trainable_params"]
+    import csv
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")  # quotes a field that holds a comma
+    writer.writerow(["model", "method", "variant", "task", "metric", "mean", "std", "n", "trainable_params", "lr"])
     for (model, method, variant, task), c in sorted(agg.items()):
-        lines.append(f"{model},{method},{variant},{task},{c['metric']},{c['mean']:.4f},{c['std']:.4f},{c['n']},"
-                     f"{int(c['params'])}")
-    return "\n".join(lines) + "\n"
+        writer.writerow([model, method, variant, task, c["metric"], f"{c['mean']:.4f}", f"{c['std']:.4f}", c["n"],
+                         int(c["params"]), "" if c["lr"] is None else fmt_lr(c["lr"])])
+    return out.getvalue()
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -403,19 +531,21 @@ def check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 
 def render(runs, agg, paper, results: Path) -> dict[str, bytes]:
     """Every output file, name -> contents, all rendered before the first is written."""
-    tables = [*table1(agg, paper), table2(agg, paper), table3(agg, paper), table6(agg, paper), table7(agg, paper),
-              table11(agg, paper)]
-    extra = other_runs(agg)
+    cells = select_lr(agg)
+    tables = paper_tables(cells, paper)
+    extra = other_runs(agg, cells)
     if extra is not None:
         tables.insert(0, extra)
     header = (f"# Results\n\nGenerated by `scripts/make_tables.py` from {len(runs)} completed runs in "
               f"`{results}`. Scores in %, mean ± std over seeds when there are several; \"{DASH}\" = no run. "
+              f"Where a setting ran at several learning rates (variants `_lr<value>`), a paper table shows the lr "
+              f"with the best mean dev score (MeZO protocol: lowest mean dev loss), named below it. "
               f"Paper rows: results/paper/paper_results.csv.\n\n")
     markdown = header + "\n".join(t.markdown() for t in tables)
     latex = ("% Generated by scripts/make_tables.py (needs \\usepackage{booktabs})\n"
              + "\n".join(t.latex() for t in tables))
     return {"tables.md": markdown.encode(), "tables.tex": latex.encode(), "summary.csv": summary_csv(agg).encode(),
-            "score_vs_params.png": plot(agg, paper)}
+            "score_vs_params.png": plot(cells, paper)}
 
 
 def main(argv=None) -> int:

@@ -8,7 +8,10 @@
 # A comma in MODEL, TASK, MODE or SEED sweeps the values (Hydra multirun). Extra arguments are passed to
 # the Hydra app (e.g. train.max_steps=100 logger.wandb=off).
 # With none of MODEL, TASK, MODE set, it sweeps the whole of Table 1 (experiment=table1_deberta and
-# table1_roberta). DRY_RUN=1 prints the commands instead of running them.
+# table1_roberta); a sweep with a failing run does not stop the other, and the script ends with status 1
+# naming it. RANK applies to the LoRETTA methods only (for the rank ablation, Table 6:
+# python -m loretta.run -m experiment=ablation_rank). The paper's P-Tuning (MODE=ptune) has no method here.
+# A name with no config stops the script before anything runs. DRY_RUN=1 prints the commands instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${PYTHON:-}" ]; then
@@ -33,7 +36,29 @@ map_model() {  # Hub id or our name -> our config name
   (IFS=','; echo "${out[*]}")
 }
 map_task() { echo "$1" | tr 'A-Z' 'a-z' | tr -d '-'; }  # SST2 -> sst2, STS-B -> stsb
-map_mode() { echo "$1" | sed 's/\bptune\b/prompt/g'; }   # the paper's P-tuning row is not reproduced; prompt tuning instead
+
+fail() { echo "$(basename "$0"): $*" >&2; exit 2; }
+# check_names <group> <VARIABLE> <names, comma-separated>: each name has a config in configs/<group>/
+check_names() {
+  local group=$1 var=$2 name names
+  IFS=',' read -ra names <<< "$3"
+  for name in "${names[@]}"; do
+    [ "$group/$name" != method/ptune ] || fail "$var=ptune: the paper's P-Tuning has no method here (configs/README.md, \"Not covered\"); MODE=prompt is prompt tuning"
+    [ -f "configs/$group/$name.yaml" ] || fail "$var: '$name' is not one of: $(cd "configs/$group" && ls -- *.yaml | sed 's/\.yaml$//' | tr '\n' ' ')"
+  done
+}
+# check_rank <methods, comma-separated>: RANK is the tensor rank of the LoRETTA methods, which other methods lack
+check_rank() {
+  local m methods
+  [ -n "${RANK:-}" ] || return 0
+  IFS=',' read -ra methods <<< "$1"
+  for m in "${methods[@]}"; do
+    case "$m" in
+      loretta_adp|loretta_rep) ;;
+      *) fail "RANK=$RANK is the tensor rank of the LoRETTA methods (loretta_adp, loretta_rep); MODE=$1 includes '$m', which has none: run it without RANK" ;;
+    esac
+  done
+}
 
 common=()
 [ -n "${EPOCH:-}" ] && common+=("train.epochs=$EPOCH")
@@ -49,14 +74,25 @@ run() {
 }
 
 if [ -z "${MODEL:-}${TASK:-}${MODE:-}" ]; then  # the paper's table
-  run -m experiment=table1_deberta "${common[@]}" "$@"
-  run -m experiment=table1_roberta "${common[@]}" "$@"
+  [ -z "${RANK:-}" ] || fail "RANK=$RANK with the whole of Table 1, whose methods run at the paper's ranks (most have no tensor rank); the rank ablation is: python -m loretta.run -m experiment=ablation_rank"
+  failed=()
+  for experiment in table1_deberta table1_roberta; do  # a failing run stops neither sweep nor the next one
+    run -m experiment=$experiment "${common[@]}" "$@" || failed+=("experiment=$experiment")
+  done
+  if [ ${#failed[@]} -gt 0 ]; then
+    echo "$(basename "$0"): runs failed in ${failed[*]} (above); rerun with resume=true to run only what is missing" >&2
+    exit 1
+  fi
   exit 0
 fi
 
 MODEL=$(map_model "${MODEL:-microsoft/deberta-base}")
 TASK=$(map_task "${TASK:-SST2}")
-MODE=$(map_mode "${MODE:-loretta_adp}")
+MODE=${MODE:-loretta_adp}
+check_names model MODEL "$MODEL"
+check_names task TASK "$TASK"
+check_names method MODE "$MODE"
+check_rank "$MODE"
 : "${EPOCH:=10}" "${BS:=8}" "${SEED:=0}"
 args=("model=$MODEL" "task=$TASK" "method=$MODE" "train=glue" "train.epochs=$EPOCH" "train.batch_size=$BS" "seed=$SEED")
 for a in "${common[@]}"; do case "$a" in train.epochs=*|train.batch_size=*|seed=*) ;; *) args+=("$a") ;; esac; done

@@ -8,7 +8,11 @@
 # As in the paper's script, CB and SQuAD run at batch 1, and MultiRC, ReCoRD and DROP at batch 1 with
 # gradient accumulation (BS/2, BS/2 and BS). Extra arguments go to the Hydra app.
 # With none of MODEL, TASK, MODE set, it sweeps Tables 2 and 3 (every task of each table, all its
-# methods). DRY_RUN=1 prints the commands instead of running them.
+# methods; the same runs as experiment=table2_llama2_7b / table3_llama2_13b / table3_llama2_70b). One
+# Hydra sweep per task: a sweep with a failing run does not stop the next, and the script ends with
+# status 1 naming them. RANK applies to the LoRETTA methods only (LoRETTA_rep runs at the paper's rank 8
+# on LLaMA-2 without it: configs/model/llama2-*.yaml). A name with no config stops the script before
+# anything runs. DRY_RUN=1 prints the commands instead of running them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${PYTHON:-}" ]; then
@@ -34,6 +38,29 @@ run() {
   if [ "${DRY_RUN:-0}" = "1" ]; then echo "$PYTHON -m loretta.run $*"; else "$PYTHON" -m loretta.run "$@"; fi
 }
 
+fail() { echo "$(basename "$0"): $*" >&2; exit 2; }
+# check_names <group> <VARIABLE> <names, comma-separated>: each name has a config in configs/<group>/
+check_names() {
+  local group=$1 var=$2 name names
+  IFS=',' read -ra names <<< "$3"
+  for name in "${names[@]}"; do
+    [ -f "configs/$group/$name.yaml" ] || fail "$var: '$name' is not one of: $(cd "configs/$group" && ls -- *.yaml | sed 's/\.yaml$//' | tr '\n' ' ')"
+  done
+}
+# check_rank <methods, comma-separated>: RANK is the tensor rank of the LoRETTA methods, which other methods lack
+check_rank() {
+  local m methods
+  [ -n "${RANK:-}" ] || return 0
+  IFS=',' read -ra methods <<< "$1"
+  for m in "${methods[@]}"; do
+    case "$m" in
+      loretta_adp|loretta_rep) ;;
+      *) fail "RANK=$RANK is the tensor rank of the LoRETTA methods (loretta_adp, loretta_rep); MODE=$1 includes '$m', which has none: run it without RANK" ;;
+    esac
+  done
+}
+failed=()  # the sweeps that had a failing run; the others still run
+
 # one task: the paper script's batch size / accumulation for it, then the Hydra app
 run_task() {  # run_task <model> <task> <methods> [extra...]
   local model=$1 task=$2 methods=$3; shift 3
@@ -58,22 +85,40 @@ run_task() {  # run_task <model> <task> <methods> [extra...]
   run "${multi[@]}" "${args[@]}" "$@"
 }
 
+report() {
+  if [ ${#failed[@]} -gt 0 ]; then
+    echo "$(basename "$0"): runs failed in the sweeps of ${failed[*]} (above); rerun with resume=true to run only what is missing" >&2
+    exit 1
+  fi
+  exit 0
+}
+
 if [ -z "${MODEL:-}${TASK:-}${MODE:-}" ]; then  # the paper's tables
+  [ -z "${RANK:-}" ] || fail "RANK=$RANK with the whole of Tables 2 and 3, whose methods run at the paper's ranks (most have no tensor rank): set MODE=loretta_adp or loretta_rep with it"
   for task in cb boolq wsc copa record squad drop; do
-    run_task llama2-7b $task ft,adapters,lora,prefix,ia3,loretta_rep,loretta_adp experiment_name=table2 "$@"
+    run_task llama2-7b $task ft,adapters,lora,prefix,ia3,loretta_rep,loretta_adp experiment_name=table2 "$@" \
+      || failed+=("llama2-7b/$task")
   done
   for task in copa record squad drop; do
-    run_task llama2-13b $task adapters,lora,ia3,loretta_rep,loretta_adp experiment_name=table3 "$@"
+    run_task llama2-13b $task adapters,lora,ia3,loretta_rep,loretta_adp experiment_name=table3 "$@" \
+      || failed+=("llama2-13b/$task")
   done
   for task in squad drop; do  # 70B needs several GPUs: see configs/experiment/table3_llama2_70b.yaml
     run_task llama2-70b $task adapters,lora,ia3,loretta_rep,loretta_adp experiment_name=table3 \
-      train.gradient_checkpointing=true "$@"
+      train.gradient_checkpointing=true "$@" || failed+=("llama2-70b/$task")
   done
-  exit 0
+  report
 fi
 
 model=$(map_model "${MODEL:-meta-llama/Llama-2-7b-hf}")
-IFS=',' read -ra tasks <<< "$(map_task "${TASK:-SST2}")"
+TASK=$(map_task "${TASK:-SST2}")
+MODE=${MODE:-loretta_adp}
+check_names model MODEL "$model"
+check_names task TASK "$TASK"
+check_names method MODE "$MODE"
+check_rank "$MODE"
+IFS=',' read -ra tasks <<< "$TASK"
 for task in "${tasks[@]}"; do
-  run_task "$model" "$task" "${MODE:-loretta_adp}" "$@"
+  run_task "$model" "$task" "$MODE" "$@" || failed+=("$model/$task")
 done
+report
