@@ -5,8 +5,14 @@ forward, by the type of module that saved them (one row per module type, one col
     python scripts/activation_memory.py --preset llama-small-cpu --methods lora loretta_rep
 
 Same models, shapes and method settings as scripts/bench_methods.py; deterministic (no timing), so
-a CPU answers for any device up to the dtype. Parameters are not counted (every method holds them);
-a storage is counted once, for the innermost module running when it was first saved.
+a CPU answers for any device up to the dtype and the attention kernel the device picks. Parameters
+are not counted (every method holds them); a storage is counted once, for the innermost module
+running when it was first saved.
+
+    python scripts/activation_memory.py --from-bench results/bench/llama2-7b-gpu.json
+
+renders the same table from what bench_methods.py measured (it records this breakdown for each
+method): no second model per method, which on a GPU preset costs a worker and a 7B model each.
 """
 
 from __future__ import annotations
@@ -50,13 +56,29 @@ def markdown(preset_name: str, table: dict[str, dict[str, int]]) -> str:
     return "\n".join(lines)
 
 
+def from_bench(path: str) -> str:
+    """The table from a bench_methods.py --out JSON: its methods that were measured (the breakdown is
+    recorded with each row), the others listed below it."""
+    with open(path) as f:
+        bench = json.load(f)
+    table = {r["method"]: r["saved_by_module_type"] for r in bench["rows"] if r.get("saved_by_module_type") is not None}
+    missing = [r["method"] for r in bench["rows"] if r.get("saved_by_module_type") is None]
+    text = markdown(bench["preset"], table) if table else f"{bench['preset']}: no method was measured"
+    return text + (f"\n\nNot measured: {', '.join(missing)}" if missing else "")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="deberta-base-cpu", choices=sorted(PRESETS))
     parser.add_argument("--methods", nargs="+", choices=METHODS + EXTRA_METHODS,
                         default=["floor", "lora", "adapters", "loretta_adp", "loretta_rep", *EXTRA_METHODS])
+    parser.add_argument("--from-bench", metavar="JSON",
+                        help="render the table from bench_methods.py's --out JSON instead of measuring")
     parser.add_argument("--worker", choices=METHODS + EXTRA_METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.from_bench:
+        print(from_bench(args.from_bench))
+        return
     if args.worker:
         print(json.dumps(measure(args.preset, args.worker)))
         return

@@ -3,10 +3,11 @@
     OMP_NUM_THREADS=1 python scripts/bench_generate.py --preset llama-small-cpu
     python scripts/bench_generate.py --preset llama2-7b-gpu
 
-Greedy `generate()` with the KV cache, `--batch` prompts of `--prompt-length` random tokens. Each
-(method, round) runs in a fresh worker process and rounds interleave the methods, as in
-bench_methods.py (whose presets and method wrappers this uses; its batch and length are for
-training and are not used here). Per method: the prefill (a generate() of one new token) and the
+Greedy `generate()` with the KV cache, `--batch` prompts of `--prompt-length` random tokens. Workers
+and rounds as in bench_methods.py (a process per method and round on a CPU, one per round on a GPU;
+a failing method is a row saying so; `--time-limit`; `--out` / `--md` rewritten after every method),
+whose presets and method wrappers this uses (its batch and length are for training and are not used
+here). Per method: the prefill (a generate() of one new token) and the
 cost of each further token, (time of `--new-tokens` - prefill) / (new tokens - 1): the decode step,
 where an adapter's per-layer overhead shows most (one token's worth of arithmetic against the same
 number of operator calls). Beside the times, the operators one decode step dispatches (views
@@ -29,7 +30,8 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_methods import PRESETS, build_model, operator_counter, run_in_worker_process, wrap, write_rows  # noqa: E402
+from bench_methods import (PRESETS, add_run_arguments, build_model, check_run_arguments, operator_counter,  # noqa: E402
+                           rounds_of_workers, serve_methods, wrap, write_atomically, write_rows)
 
 METHODS = ("base", "lora", "ia3", "loretta_adp", "loretta_rep", "loretta_rep_merged")
 CAUSAL_PRESETS = sorted(name for name, preset in PRESETS.items() if preset.task == "CAUSAL_LM")
@@ -75,6 +77,7 @@ def run_worker(preset_name: str, method: str, batch: int, prompt_length: int, ne
     import torch
 
     preset = PRESETS[preset_name]
+    started = time.perf_counter()
     torch.manual_seed(0)
     model, trainable = prepare(preset_name, method)
     prompt = torch.randint(5, model.config.vocab_size, (batch, prompt_length), device=preset.device)
@@ -97,7 +100,7 @@ def run_worker(preset_name: str, method: str, batch: int, prompt_length: int, ne
         full.append(generate(new_tokens))
     ops, python_calls = decode_step_counts(model, prompt)
     return {"method": method, "trainable_params": trainable, "prefill_s": prefill, "full_s": full,
-            "ops_per_token": ops, "python_calls_per_token": python_calls}
+            "ops_per_token": ops, "python_calls_per_token": python_calls, "seconds": time.perf_counter() - started}
 
 
 def per_token(record: dict, new_tokens: int) -> float:
@@ -105,25 +108,49 @@ def per_token(record: dict, new_tokens: int) -> float:
     return (statistics.median(record["full_s"]) - statistics.median(record["prefill_s"])) / (new_tokens - 1)
 
 
-def orchestrate(args) -> list[dict]:
-    records, by_round = {}, defaultdict(list)
-    for round_index in range(args.rounds):
-        for method in args.methods:
-            record = run_in_worker_process(
-                __file__, ["--worker", method, "--preset", args.preset, "--batch", str(args.batch), "--prompt-length",
-                           str(args.prompt_length), "--new-tokens", str(args.new_tokens), "--steps", str(args.steps)],
-                f"worker {method} (round {round_index})")
-            by_round[method].append(per_token(record, args.new_tokens))
-            merged = records.setdefault(method, {**record, "prefill_s": [], "full_s": []})
-            merged["prefill_s"] += record["prefill_s"]
-            merged["full_s"] += record["full_s"]
-            print(f"  round {round_index + 1}/{args.rounds} {method:20s} {by_round[method][-1] * 1e3:8.2f} ms per token",
-                  file=sys.stderr, flush=True)
-    reference = {name: per_token(records[name], args.new_tokens) for name in ("base", "lora") if name in records}
+def orchestrate(args, on_update=None) -> list[dict]:
+    """One row per method from interleaved rounds of workers; `on_update(rows)` after every method."""
+    records: dict[str, list[tuple[int, dict]]] = defaultdict(list)
+
+    def on_record(round_index: int, record: dict) -> None:
+        records[record["method"]].append((round_index, record))
+        if "full_s" in record:
+            note = f"{per_token(record, args.new_tokens) * 1e3:8.2f} ms per token ({record['seconds']:.0f} s)"
+        else:
+            note = record.get("error") or f"skipped ({record.get('skipped')})"
+        print(f"  round {round_index + 1}/{args.rounds} {record['method']:20s} {note}", file=sys.stderr, flush=True)
+        if on_update is not None:
+            on_update(rows_from(records, args))
+
+    worker_args = ["--preset", args.preset, "--batch", str(args.batch), "--prompt-length", str(args.prompt_length),
+                   "--new-tokens", str(args.new_tokens), "--steps", str(args.steps)]
+    rounds_of_workers(args, __file__, lambda round_index: worker_args, on_record, "bench_generate")
+    return rows_from(records, args)
+
+
+def rows_from(records: dict[str, list[tuple[int, dict]]], args) -> list[dict]:
+    """One row per method that has a record (measured, or why not), in args.methods' order."""
+    measured = {m: [(i, r) for i, r in records.get(m, []) if "full_s" in r] for m in args.methods}
+
+    def merged(method) -> dict:
+        first = measured[method][0][1]
+        return {**first, "prefill_s": [t for _, r in measured[method] for t in r["prefill_s"]],
+                "full_s": [t for _, r in measured[method] for t in r["full_s"]]}
+
+    by_round = {m: {i: per_token(r, args.new_tokens) for i, r in measured[m]} for m in args.methods}
+    reference = {name: per_token(merged(name), args.new_tokens) for name in ("base", "lora")
+                 if measured.get(name)}
     rows = []
     for method in args.methods:
-        record = records[method]
+        if not records.get(method):
+            continue
+        problems = [r.get("error") or f"skipped ({r['skipped']})" for _, r in records[method] if "full_s" not in r]
+        if not measured[method]:
+            rows.append({"method": method, "error": problems[-1]})
+            continue
+        record = merged(method)
         token = per_token(record, args.new_tokens)
+        own, lora_rounds = by_round[method], by_round.get("lora", {})
         rows.append({
             "method": method,
             "trainable_params": record["trainable_params"],
@@ -131,10 +158,12 @@ def orchestrate(args) -> list[dict]:
             "ms_per_token": token * 1e3,
             "vs_base": token / reference["base"] if "base" in reference else None,
             "vs_lora": token / reference["lora"] if "lora" in reference else None,
-            "vs_lora_by_round": ([m / l for m, l in zip(by_round[method], by_round["lora"])]
+            "vs_lora_by_round": ([own[i] / lora_rounds[i] for i in sorted(own) if i in lora_rounds]
                                  if "lora" in reference else None),
             "ops_per_token": record["ops_per_token"],
             "python_calls_per_token": record["python_calls_per_token"],
+            "rounds": len(measured[method]),
+            **({"problems": problems} if problems else {}),
         })
     return rows
 
@@ -149,36 +178,46 @@ def markdown(rows, args) -> str:
              "| method | trainable params | prefill (ms) | ms per new token | / base | / LoRA | / LoRA, each round "
              "| ops per new token | Python calls per new token |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    notes = []
     for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['method']} | not measured |" + " — |" * 7)
+            notes.append(f"- {r['method']}: {r['error']}")
+            continue
         lines.append(f"| {r['method']} | {r['trainable_params']:,} | {r['prefill_ms']:.1f} | {r['ms_per_token']:.2f} | "
                      f"{fmt(r['vs_base'])} | {fmt(r['vs_lora'])} | {spread(r['vs_lora_by_round'])} | "
                      f"{r['ops_per_token']:,} | {r['python_calls_per_token']:,} |")
+        notes += [f"- {r['method']}, {problem}" for problem in r.get("problems", [])]
+    if notes:
+        lines += ["", "Not measured (or not in every round):", *notes]
     return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="llama-small-cpu", choices=CAUSAL_PRESETS)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (one worker per method per round)")
+    add_run_arguments(parser, METHODS, METHODS, default_rounds=3)
     parser.add_argument("--steps", type=int, default=3, help="timed generate() pairs per worker")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--prompt-length", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--out", help="also write the rows as JSON here")
-    parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for name, low in (("rounds", 1), ("steps", 1), ("batch", 1), ("prompt_length", 1), ("new_tokens", 2)):
-        if getattr(args, name) < low:
-            parser.error(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}")
+    check_run_arguments(parser, args, (("rounds", 1), ("steps", 1), ("batch", 1), ("prompt_length", 1),
+                                       ("new_tokens", 2)))
     if args.worker:
-        print(json.dumps(run_worker(args.preset, args.worker, args.batch, args.prompt_length, args.new_tokens,
-                                    args.steps)))
-        return
-    rows = orchestrate(args)
+        measure = lambda method: run_worker(args.preset, method, args.batch, args.prompt_length,  # noqa: E731
+                                            args.new_tokens, args.steps)
+        sys.exit(serve_methods(args.worker, measure, args.stop_at, args.expected))
+
+    def save(rows) -> None:
+        if args.out:
+            write_rows(args.out, args.preset, rows)
+        if args.md:
+            write_atomically(args.md, markdown(rows, args) + "\n")
+
+    rows = orchestrate(args, on_update=save)
+    save(rows)
     print(markdown(rows, args))
-    if args.out:
-        write_rows(args.out, args.preset, rows)
 
 
 if __name__ == "__main__":

@@ -5,29 +5,41 @@
     python scripts/bench_methods.py --preset llama2-7b-gpu         # GPU, LLaMA-2-7B shape, bf16, 4x512
     python scripts/bench_methods.py --preset deberta-base-gpu      # GPU, DeBERTa-base, fp32, 32x128
 
-Each (method, round) runs in a fresh worker process, so memory peaks are per method and no
-method inherits another's allocator state; rounds interleave the methods so that drift on a noisy
-machine hits all of them alike. A step is forward + loss + backward + AdamW step. "floor" is the
-frozen model with a full backward pass (the input embeddings require grad) and no weight grads:
-the cost every method pays before its own. Weights are random (only shapes matter for speed).
-Each method's ratio to LoRA is also given within each round (its range over the rounds shows what
-the machine's noise can do to a difference), beside the deterministic arithmetic: the FLOPs of one
-forward and backward pass (torch's FlopCounterMode), which no noise touches.
+On a CPU each (method, round) runs in a fresh worker process, so that peak RSS is per method; on a
+GPU one worker per round measures the methods in turn (`--per-process`), each model freed before the
+next is built and the CUDA peak taken over that method alone: a 7B model's worker pays ~10 s of
+imports and CUDA start-up, which one per method would pay 20 times. Rounds interleave the methods so
+that drift on a noisy machine hits all of them alike. A method that fails (out of memory, say) is a
+row saying so, and the others are still measured; a worker that dies is started again for the
+methods after the one it was measuring. `--time-limit` starts no method that would not finish in
+time, and `--out` / `--md` are rewritten after every method, so a run cut short keeps its rows.
 
-Memory is reported twice: the peak (CUDA allocator; on the CPU the worker's peak RSS, which is
-noisy), and deterministically what a method adds to the frozen model: the bytes autograd saves for
-the backward pass of one forward, and the trainable state (weight, gradient and AdamW's two moments:
-16 bytes per trainable parameter).
+A step is forward + loss + backward + AdamW step. "floor" is the frozen model with a full backward
+pass (the input embeddings require grad) and no weight grads: the cost every method pays before its
+own. Weights are random (only shapes matter for speed). Each method's ratio to LoRA is also given
+within each round (its range over the rounds shows what the machine's noise can do to a
+difference), beside the deterministic arithmetic: the FLOPs of one forward and backward pass
+(torch's FlopCounterMode), which no noise touches.
+
+Memory is reported twice: the peak (CUDA allocator, above what the worker held before the method's
+model was built; on the CPU the worker's peak RSS, which is noisy), and deterministically what a
+method adds to the frozen model: the bytes autograd saves for the backward pass of one forward, and
+the trainable state (weight, gradient and AdamW's two moments: 16 bytes per float32 parameter).
+The FLOPs, operators and saved bytes are counted once per method (in the first round that measures
+it): no round can change them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import traceback
 from collections import defaultdict
 from dataclasses import dataclass, replace
 
@@ -62,6 +74,10 @@ PRESETS = {
     "tiny-cpu": Preset("llama", "CAUSAL_LM", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=100),
                        2, 16, "float32", "cpu"),
+    # the GPU LLaMA preset's dtype at the smoke-test size: the bf16 paths (casts of fp32 adapter weights)
+    "tiny-bf16-cpu": Preset("llama", "CAUSAL_LM", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                       num_attention_heads=4, num_key_value_heads=2, vocab_size=100),
+                            2, 16, "bfloat16", "cpu"),
     "tiny-deberta-cpu": Preset("deberta", "SEQ_CLS", dict(DEBERTA_BASE, hidden_size=64, intermediate_size=128,
                                                           num_hidden_layers=2, num_attention_heads=4, vocab_size=100),
                                2, 16, "float32", "cpu"),
@@ -213,11 +229,6 @@ def step_counts(model, forward) -> tuple[int, int]:
     return flops.get_total_flops(), ops.calls
 
 
-def saved_activation_bytes(model, forward) -> int:
-    """The activation memory a method adds: all bytes saved for backward (see saved_by_module_type)."""
-    return sum(saved_by_module_type(model, forward).values())
-
-
 def make_batch(model, preset: Preset):
     """Random token ids, and labels for the preset's task."""
     import torch
@@ -227,18 +238,25 @@ def make_batch(model, preset: Preset):
     return ids, labels
 
 
-def run_worker(preset_name: str, method: str, warmup: int, steps: int) -> dict:
+def run_worker(preset_name: str, method: str, warmup: int, steps: int, counts: bool = True) -> dict:
+    """One method's measurement: `warmup` steps, then (with `counts`) the bytes saved for backward by
+    module type and the FLOPs and operators of a step, then `steps` timed steps."""
     import torch
 
     preset = PRESETS[preset_name]
+    cuda = preset.device == "cuda"
+    started = time.perf_counter()
+    # what this process still holds from a method before (nothing, or the cuBLAS workspace): the
+    # peak below is this method's alone
+    at_start = torch.cuda.memory_allocated() if cuda else 0
     torch.manual_seed(0)
     model = wrap(build_model(preset), method, preset)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5) if params else None
     ids, labels = make_batch(model, preset)
-    sync = torch.cuda.synchronize if preset.device == "cuda" else (lambda: None)
-    if preset.device == "cuda":
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
 
     def forward():
@@ -253,8 +271,8 @@ def run_worker(preset_name: str, method: str, warmup: int, steps: int) -> dict:
 
     for _ in range(warmup):
         step()
-    activations = saved_activation_bytes(model, forward)
-    flops, ops = step_counts(model, forward)
+    by_type = saved_by_module_type(model, forward) if counts else None
+    flops, ops = step_counts(model, forward) if counts else (None, None)
     times = []
     for _ in range(steps):
         sync()
@@ -266,13 +284,108 @@ def run_worker(preset_name: str, method: str, warmup: int, steps: int) -> dict:
         "method": method,
         "trainable_params": sum(p.numel() for p in params),
         "step_times": times,
-        "peak_memory_bytes": peak_memory_bytes(preset.device),
-        "saved_activation_bytes": activations,
+        "peak_memory_bytes": peak_memory_bytes(preset.device) - at_start,
+        "memory_at_start_bytes": at_start,
+        "saved_activation_bytes": None if by_type is None else sum(by_type.values()),
+        "saved_by_module_type": by_type,
         "flops": flops,
         "ops": ops,
-        # fp32 weight, gradient and AdamW's two moments per trainable parameter
-        "trainable_state_bytes": 16 * sum(p.numel() for p in params),
+        # weight, gradient and AdamW's two moments per trainable parameter, in its dtype: 16 bytes in
+        # float32 (adapters, masters), 8 for full fine-tuning of a bf16 model
+        "trainable_state_bytes": 4 * sum(p.numel() * p.element_size() for p in params),
+        "seconds": time.perf_counter() - started,  # the whole measurement, model build included
     }
+
+
+# a worker's result lines on stdout start with this (libraries may print there too)
+RECORD = "@@record "
+
+
+def failure(method: str, error: BaseException) -> dict:
+    """A record for a method whose measurement raised: what went wrong, in a line."""
+    import torch
+
+    first_line = (str(error).strip().splitlines() or [""])[0][:300]
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return {"method": method, "error": f"out of memory: {first_line}", "oom": True}
+    return {"method": method, "error": f"{type(error).__name__}: {first_line}"}
+
+
+def free_device_memory() -> None:
+    """Drop what a measured model left (reference cycles included) before the next one is built."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def serve_methods(methods, measure, stop_at: float | None, expected: dict[str, float]) -> int:
+    """The worker side: measure each method in turn (`measure(method) -> record`), printing each record
+    on its own line as soon as it is made. A method that would not finish before `stop_at` (its
+    `expected` seconds, else the slowest so far here) is reported as skipped. A method that runs out of
+    memory is reported and the next one measured in this process; after any other error the worker
+    stops (exit status 3: its state may be broken, a CUDA error poisons the process), and the parent
+    starts a fresh one for the methods after it."""
+    slowest = 0.0
+    for method in methods:
+        now = time.time()
+        if stop_at is not None and now + expected.get(method, slowest) > stop_at:
+            print(RECORD + json.dumps({"method": method, "skipped": "time limit"}), flush=True)
+            continue
+        fatal = False
+        try:
+            record = measure(method)
+        except Exception as error:  # noqa: BLE001 (any failure is this method's row; the others go on)
+            traceback.print_exc()
+            record = failure(method, error)
+            fatal = not record.get("oom")
+        free_device_memory()  # after the except block: its traceback no longer holds the model
+        slowest = max(slowest, time.time() - now)
+        print(RECORD + json.dumps(record), flush=True)
+        if fatal:
+            return 3
+    return 0
+
+
+def run_worker_group(script: str, args: list[str], methods: list[str], on_record, what: str,
+                     stop_at: float | None = None, expected: dict[str, float] | None = None) -> None:
+    """Run `script --worker METHOD... ARGS` in fresh processes until every one of `methods` is reported
+    to `on_record` (measured, failed or skipped). A worker that dies (killed for memory, a crash)
+    costs the method it was measuring a failure row; the methods after it get a new worker."""
+    pending = list(methods)
+    expected = expected or {}
+    while pending:
+        if stop_at is not None and time.time() + min(expected.get(m, 0.0) for m in pending) > stop_at:
+            for method in pending:
+                on_record({"method": method, "skipped": "time limit"})
+            return
+        extra = [] if stop_at is None else ["--stop-at", str(stop_at),
+                                            "--expected", json.dumps({m: expected[m] for m in pending if m in expected})]
+        with tempfile.TemporaryFile("w+") as errors:
+            proc = subprocess.Popen([sys.executable, script, "--worker", *pending, *args, *extra],
+                                    stdout=subprocess.PIPE, stderr=errors, text=True)
+            reported = []
+            for line in proc.stdout:
+                if line.startswith(RECORD):
+                    record = json.loads(line[len(RECORD):])
+                    reported.append(record["method"])
+                    on_record(record)
+            status = proc.wait()
+            errors.seek(0)
+            stderr_tail = errors.read()[-3000:]
+        rest = [m for m in pending if m not in reported]
+        if status != 0:
+            print(f"{what}: worker for {' '.join(pending)} exited with status {status}:\n{stderr_tail}",
+                  file=sys.stderr, flush=True)
+        if rest and not (status == 3 and reported):  # 3: it stopped after a failure it reported
+            lines = [line for line in stderr_tail.strip().splitlines() if line.strip()]
+            on_record({"method": rest[0], "error": f"worker died (status {status}): "
+                                                   f"{lines[-1][:300] if lines else 'no message'}"})
+            rest = rest[1:]
+        pending = rest
 
 
 def run_in_worker_process(script: str, args: list[str], what: str) -> dict:
@@ -284,44 +397,101 @@ def run_in_worker_process(script: str, args: list[str], what: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def orchestrate(args) -> list[dict]:
-    results: dict[str, dict] = {}
-    round_medians: dict[str, list[float]] = defaultdict(list)  # per method, its median step in each round
+def default_per_process(preset_name: str) -> str:
+    return "round" if PRESETS[preset_name].device == "cuda" else "method"
+
+
+def rounds_of_workers(args, script: str, worker_args, on_record, what: str) -> None:
+    """Interleaved rounds of workers (one per method, or one per round: args.per_process), each record
+    passed to `on_record(round_index, record)`; worker_args(round_index) gives the workers' arguments.
+    With args.time_limit, nothing is started that would not end in time (from the seconds each method
+    took before)."""
+    stop_at = None if not args.time_limit else time.time() + args.time_limit
+    expected: dict[str, float] = {}
+
+    def seen(round_index: int, record: dict) -> None:
+        if "seconds" in record:
+            expected[record["method"]] = max(expected.get(record["method"], 0.0), record["seconds"])
+        on_record(round_index, record)
+
     for round_index in range(args.rounds):
-        for method in args.methods:
-            record = run_in_worker_process(
-                __file__, ["--worker", method, "--preset", args.preset, "--warmup", str(args.warmup),
-                           "--steps", str(args.steps)], f"worker {method} (round {round_index})")
-            merged = results.setdefault(method, {**record, "step_times": [], "peak_memory_bytes": 0})
-            merged["step_times"] += record["step_times"]
-            merged["peak_memory_bytes"] = max(merged["peak_memory_bytes"], record["peak_memory_bytes"])
-            round_medians[method].append(statistics.median(record["step_times"]))
-            print(f"  round {round_index + 1}/{args.rounds} {method:12s} "
-                  f"median {round_medians[method][-1] * 1e3:8.1f} ms", file=sys.stderr, flush=True)
+        groups = [[m] for m in args.methods] if args.per_process == "method" else [list(args.methods)]
+        for group in groups:
+            run_worker_group(script, worker_args(round_index), group, lambda r, i=round_index: seen(i, r),
+                             f"{what} (round {round_index + 1})", stop_at, expected)
+
+
+def orchestrate(args, on_update=None) -> list[dict]:
+    """The rows, one per method, from interleaved rounds of workers; `on_update(rows)` after every method."""
+    records: dict[str, list[tuple[int, dict]]] = defaultdict(list)
+
+    def on_record(round_index: int, record: dict) -> None:
+        records[record["method"]].append((round_index, record))
+        method = record["method"]
+        if "step_times" in record:
+            note = f"median {statistics.median(record['step_times']) * 1e3:8.1f} ms ({record['seconds']:.0f} s)"
+        else:
+            note = record.get("error") or f"skipped ({record.get('skipped')})"
+        print(f"  round {round_index + 1}/{args.rounds} {method:24s} {note}", file=sys.stderr, flush=True)
+        if on_update is not None:
+            on_update(rows_from(records, args.methods))
+
+    def worker_args(round_index: int) -> list[str]:
+        counted = [m for m, rs in records.items() if any(r.get("flops") is not None for _, r in rs)]
+        return ["--preset", args.preset, "--warmup", str(args.warmup), "--steps", str(args.steps),
+                *(["--no-counts", *counted] if counted else [])]
+
+    rounds_of_workers(args, __file__, worker_args, on_record, "bench_methods")
+    return rows_from(records, args.methods)
+
+
+def rows_from(records: dict[str, list[tuple[int, dict]]], methods) -> list[dict]:
+    """One row per method that has a record (measured, or why not), in `methods`' order."""
+    measured = {m: [(i, r) for i, r in records.get(m, []) if "step_times" in r] for m in methods}
+
+    def median(method):
+        return statistics.median(t for _, r in measured[method] for t in r["step_times"]) if measured[method] else None
+
+    def by_round(method):
+        return {i: statistics.median(r["step_times"]) for i, r in measured[method]}
+
+    def first(method, key):
+        return next((r[key] for _, r in measured[method] if r.get(key) is not None), None)
+
+    floor, lora, lora_flops = median("floor") if "floor" in measured else None, None, None
+    if "lora" in measured:
+        lora, lora_flops = median("lora"), first("lora", "flops")
     rows = []
-    floor = statistics.median(results["floor"]["step_times"]) if "floor" in results else None
-    lora = statistics.median(results["lora"]["step_times"]) if "lora" in results else None
-    lora_flops = results["lora"]["flops"] if "lora" in results else None
-    for method in args.methods:
-        r = results[method]
-        median = statistics.median(r["step_times"])
+    for method in methods:
+        if not records.get(method):
+            continue
+        problems = [r.get("error") or f"skipped ({r['skipped']})" for _, r in records[method] if "step_times" not in r]
+        if not measured[method]:
+            rows.append({"method": method, "error": problems[-1], "steps": 0})
+            continue
+        m, flops, ops = median(method), first(method, "flops"), first(method, "ops")
+        saved, by_type = first(method, "saved_activation_bytes"), first(method, "saved_by_module_type")
+        lora_rounds, own_rounds = by_round("lora") if lora else {}, by_round(method)
         rows.append({
             "method": method,
-            "trainable_params": r["trainable_params"],
-            "median_step_ms": median * 1e3,
-            "vs_floor": median / floor if floor else None,
-            "vs_lora": median / lora if lora else None,
+            "trainable_params": measured[method][0][1]["trainable_params"],
+            "median_step_ms": m * 1e3,
+            "vs_floor": m / floor if floor else None,
+            "vs_lora": m / lora if lora else None,
             # the ratio within each round (the methods of a round ran minutes apart): its spread over
             # the rounds shows how much of a difference from LoRA this machine's noise can make
-            "vs_lora_by_round": ([m / l for m, l in zip(round_medians[method], round_medians["lora"])]
+            "vs_lora_by_round": ([own_rounds[i] / lora_rounds[i] for i in sorted(own_rounds) if i in lora_rounds]
                                  if lora else None),
-            "gflops_per_step": r["flops"] / 1e9,
-            "flops_vs_lora": r["flops"] / lora_flops if lora_flops else None,
-            "ops_per_step": r["ops"],
-            "peak_memory_gib": r["peak_memory_bytes"] / 2**30,
-            "saved_activations_mib": r["saved_activation_bytes"] / 2**20,
-            "trainable_state_mib": r["trainable_state_bytes"] / 2**20,
-            "steps": len(r["step_times"]),
+            "gflops_per_step": None if flops is None else flops / 1e9,
+            "flops_vs_lora": flops / lora_flops if flops is not None and lora_flops else None,
+            "ops_per_step": ops,
+            "peak_memory_gib": max(r["peak_memory_bytes"] for _, r in measured[method]) / 2**30,
+            "saved_activations_mib": None if saved is None else saved / 2**20,
+            "saved_by_module_type": by_type,
+            "trainable_state_mib": measured[method][0][1]["trainable_state_bytes"] / 2**20,
+            "steps": sum(len(r["step_times"]) for _, r in measured[method]),
+            "rounds": len(measured[method]),
+            **({"problems": problems} if problems else {}),
         })
     return rows
 
@@ -344,11 +514,21 @@ def markdown(rows, preset_name: str, memory_label: str) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     fmt = lambda v, digits=2: "—" if v is None else f"{v:.{digits}f}"  # noqa: E731
+    count = lambda v: "—" if v is None else f"{v:,}"  # noqa: E731
+    notes = []
     for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['method']} | not measured |" + " — |" * 10)
+            notes.append(f"- {r['method']}: {r['error']}")
+            continue
         lines.append(f"| {r['method']} | {r['trainable_params']:,} | {r['median_step_ms']:.1f} | {fmt(r['vs_floor'])} | "
-                     f"{fmt(r['vs_lora'])} | {ratio_range(r['vs_lora_by_round'])} | {r['gflops_per_step']:,.1f} | "
-                     f"{fmt(r['flops_vs_lora'], 3)} | {r['ops_per_step']:,} | {r['peak_memory_gib']:.2f} | "
-                     f"{r['saved_activations_mib']:.1f} | {r['trainable_state_mib']:.1f} |")
+                     f"{fmt(r['vs_lora'])} | {ratio_range(r['vs_lora_by_round'])} | "
+                     f"{'—' if r['gflops_per_step'] is None else format(r['gflops_per_step'], ',.1f')} | "
+                     f"{fmt(r['flops_vs_lora'], 3)} | {count(r['ops_per_step'])} | {r['peak_memory_gib']:.2f} | "
+                     f"{fmt(r['saved_activations_mib'], 1)} | {r['trainable_state_mib']:.1f} |")
+        notes += [f"- {r['method']}, {problem}" for problem in r.get("problems", [])]
+    if notes:
+        lines += ["", "Not measured (or not in every round):", *notes]
     return "\n".join(lines)
 
 
@@ -403,42 +583,81 @@ def count_only(preset_name: str, methods) -> str:
     return "\n".join(lines)
 
 
-def write_rows(path: str, preset_name: str, rows) -> None:
-    """The rows as JSON at `path`, written atomically (a run cut short leaves no partial file)."""
-    import os
-
+def write_atomically(path: str, text: str) -> None:
+    """`text` at `path`, written atomically (a run cut short leaves the last whole version)."""
     with open(path + ".tmp", "w") as f:
-        json.dump({"preset": preset_name, "rows": rows}, f, indent=2)
+        f.write(text)
     os.replace(path + ".tmp", path)
+
+
+def write_rows(path: str, preset_name: str, rows, **extra) -> None:
+    """The rows as JSON at `path`, written atomically."""
+    write_atomically(path, json.dumps({"preset": preset_name, **extra, "rows": rows}, indent=2))
+
+
+def add_run_arguments(parser, methods, default_methods, default_rounds: int) -> None:
+    """The arguments bench_methods and bench_generate share: methods, rounds, outputs, workers, time."""
+    parser.add_argument("--methods", nargs="+", default=list(default_methods), choices=methods)
+    parser.add_argument("--rounds", type=int, default=default_rounds, help="interleaved rounds of workers")
+    parser.add_argument("--out", help="also write the rows as JSON here (rewritten after every method)")
+    parser.add_argument("--md", help="also write the markdown table here (rewritten after every method)")
+    parser.add_argument("--per-process", choices=("method", "round"),
+                        help="one worker process per method and round (default on a CPU: peak RSS is per "
+                             "process) or per round, measuring the methods in turn (default on a GPU)")
+    parser.add_argument("--time-limit", type=float,
+                        help="seconds: start no method that would not finish by then (from its time in an "
+                             "earlier round, else the slowest so far in its worker); the rest are rows saying so")
+    # worker side
+    parser.add_argument("--worker", nargs="+", choices=methods, help=argparse.SUPPRESS)
+    parser.add_argument("--stop-at", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--expected", type=json.loads, default={}, help=argparse.SUPPRESS)
+
+
+def check_run_arguments(parser, args, at_least) -> None:
+    for name, low in at_least:
+        if getattr(args, name) < low:
+            parser.error(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}")
+    if args.time_limit is not None and args.time_limit <= 0:
+        parser.error(f"--time-limit must be positive, got {args.time_limit}")
+    if args.per_process is None:
+        args.per_process = default_per_process(args.preset)
+    if not args.worker and PRESETS[args.preset].device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():  # else every worker would fail, one at a time
+            parser.error(f"preset {args.preset!r} runs on CUDA, which torch {torch.__version__} does not see here")
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="deberta-base-cpu", choices=sorted(PRESETS))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS + EXTRA_METHODS)
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (one worker per method per round)")
+    add_run_arguments(parser, METHODS + EXTRA_METHODS, METHODS, default_rounds=3)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per worker")
-    parser.add_argument("--out", help="also write the rows as JSON here")
     parser.add_argument("--flops-only", action="store_true",
                         help="only count each method's FLOPs and operators (no timing): on the meta device "
                              "where the model runs there (no weights), else on the CPU")
-    parser.add_argument("--worker", choices=METHODS + EXTRA_METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--no-counts", nargs="*", default=[], help=argparse.SUPPRESS)  # methods counted already
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(run_worker(args.preset, args.worker, args.warmup, args.steps)))
-        return
+        measure = lambda method: run_worker(args.preset, method, args.warmup, args.steps,  # noqa: E731
+                                            counts=method not in args.no_counts)
+        sys.exit(serve_methods(args.worker, measure, args.stop_at, args.expected))
     if args.flops_only:
         print(count_only(args.preset, args.methods))
         return
-    for name in ("rounds", "steps"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
-    rows = orchestrate(args)
+    check_run_arguments(parser, args, (("rounds", 1), ("steps", 1)))
     memory_label = "peak CUDA memory" if PRESETS[args.preset].device == "cuda" else "peak RSS"
+
+    def save(rows) -> None:
+        if args.out:
+            write_rows(args.out, args.preset, rows)
+        if args.md:
+            write_atomically(args.md, markdown(rows, args.preset, memory_label) + "\n")
+
+    rows = orchestrate(args, on_update=save)
+    save(rows)
     print(markdown(rows, args.preset, memory_label))
-    if args.out:
-        write_rows(args.out, args.preset, rows)
 
 
 if __name__ == "__main__":

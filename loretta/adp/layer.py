@@ -1,12 +1,27 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
 from ..layer_base import LorettaLayerBase
 
 INPUT_SIDE, OUTPUT_SIDE = "input", "output"
+
+
+class DenseAdapterLinear(nn.Linear):
+    """A dense adapter projection (tensorized=False): float32 weights, as the TT cores are, used in the
+    activations' dtype, as a TT layer casts its rebuilt matrix. In a bf16 / fp16 model a plain nn.Linear
+    would fail (a matmul of half activations by float32 weights); the cast is in the graph, so the
+    gradients reach the float32 weights, which the optimizer updates (see master_weights.py)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.weight, self.bias
+        if weight.dtype != x.dtype:
+            weight = weight.to(x.dtype)
+            bias = None if bias is None else bias.to(x.dtype)
+        return F.linear(x, weight, bias)
 
 
 class LorettaAdpLayer(LorettaLayerBase):
@@ -52,8 +67,8 @@ class LorettaAdpLayer(LorettaLayerBase):
 
     def _dense_pair(self, dim: int, bottleneck: int, init: str) -> tuple[nn.Linear, nn.Linear]:
         device = self._adapter_device()
-        down = nn.Linear(dim, bottleneck, device=device)
-        up = nn.Linear(bottleneck, dim, device=device)
+        down = DenseAdapterLinear(dim, bottleneck, device=device)
+        up = DenseAdapterLinear(bottleneck, dim, device=device)
         if device.type != "meta":
             with torch.no_grad():
                 nn.init.zeros_(down.bias)

@@ -42,6 +42,19 @@ def test_bench_methods_prints_a_row_per_method(tmp_path):
     assert by_method["lora"]["trainable_state_mib"] * 2**20 == 16 * by_method["lora"]["trainable_params"]
 
 
+def test_activation_memory_renders_what_the_bench_measured(tmp_path):
+    out = tmp_path / "bench.json"
+    rows = [{"method": "lora", "saved_by_module_type": {"Linear": 2 * 2**20, "LlamaMLP": 2**20}},
+            {"method": "ft", "error": "out of memory: ..."}]
+    out.write_text(json.dumps({"preset": "tiny-cpu", "rows": rows}))
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "activation_memory.py"), "--from-bench", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert "| module type | lora |" in lines and "| Linear | 2.0 |" in lines and "| **total** | **3.0** |" in lines
+    assert lines[-1] == "Not measured: ft"
+
+
 def test_activation_memory_breaks_the_saved_bytes_down_by_module_type():
     proc = subprocess.run(
         [sys.executable, str(SCRIPT.parent / "activation_memory.py"), "--preset", "tiny-cpu",
@@ -99,20 +112,37 @@ def _probe_wheel(folder):
 def test_gpu_checks_script_runs_its_steps(tmp_path):
     """The prepared GPU command (scripts/gpu_checks.sh), on the CPU smoke preset, with a wheel to
     install first (as the pinned transformers and peft travel to the device machine)."""
-    env = {**os.environ, "PRESETS": "tiny-cpu", "ROUNDS": "1", "METHODS": "floor lora loretta_rep", "OUT": str(tmp_path),
+    out = tmp_path / "out"
+    env = {**os.environ, "PRESETS": "tiny-cpu", "ROUNDS": "1", "METHODS": "floor lora loretta_rep", "OUT": str(out),
            "GENERATE_PRESETS": "tiny-cpu", "GENERATE_METHODS": "base loretta_rep",
            "PYTHON": sys.executable, "WHEELS": str(_probe_wheel(tmp_path / "wheels"))}
     proc = subprocess.run(["bash", str(SCRIPT.parent / "gpu_checks.sh")], capture_output=True, text=True,
                           timeout=900, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "torch" in (tmp_path / "gpu.txt").read_text() and "tiny-cpu:" in (tmp_path / "gpu.txt").read_text()
-    assert "wheels: loretta_probe 0.1" in (tmp_path / "gpu.txt").read_text()  # installed and first on the path
-    assert "| loretta_rep |" in (tmp_path / "tiny-cpu.md").read_text()
-    assert json.loads((tmp_path / "tiny-cpu.json").read_text())["preset"] == "tiny-cpu"
-    assert "| **total** |" in (tmp_path / "activation_memory_tiny-cpu.md").read_text()
-    assert "| loretta_rep |" in (tmp_path / "generate_tiny-cpu.md").read_text()
-    assert "generate tiny-cpu:" in (tmp_path / "gpu.txt").read_text()
-    assert not list(tmp_path.glob("*.tmp"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    log = (out / "gpu.txt").read_text()
+    assert "torch" in log and "bench tiny-cpu:" in log and "generate tiny-cpu:" in log
+    assert "wheels: loretta_probe 0.1" in log  # installed and first on the path
+    assert "round 1/1 loretta_rep" in log  # the workers' progress
+    assert "rows not measured: 0" in log
+    bench = (out / "tiny-cpu.md").read_text()
+    assert "| loretta_rep |" in bench and "| **total** |" in bench  # the step times, then the activation memory
+    assert json.loads((out / "tiny-cpu.json").read_text())["preset"] == "tiny-cpu"
+    assert "| loretta_rep |" in (out / "generate_tiny-cpu.md").read_text()
+    assert json.loads((out / "generate_tiny-cpu.json").read_text())["rows"][1]["method"] == "loretta_rep"
+    # the device machine returns eight files at most; nothing partial is left in $OUT
+    assert sorted(p.name for p in out.iterdir()) == ["generate_tiny-cpu.json", "generate_tiny-cpu.md", "gpu.txt",
+                                                     "tiny-cpu.json", "tiny-cpu.md"]
+    assert "| **total** |" in proc.stdout  # the tables end the output, which the device returns the tail of
+
+
+def test_gpu_checks_script_skips_the_steps_its_time_budget_leaves_no_time_for(tmp_path):
+    env = {**os.environ, "PRESETS": "tiny-cpu", "GENERATE_PRESETS": "tiny-cpu", "OUT": str(tmp_path),
+           "PYTHON": sys.executable, "WHEELS": str(tmp_path / "none"), "BUDGET_S": "1"}
+    proc = subprocess.run(["bash", str(SCRIPT.parent / "gpu_checks.sh")], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 1
+    log = (tmp_path / "gpu.txt").read_text()
+    assert "bench tiny-cpu: skipped" in log and "generate tiny-cpu: skipped" in log
 
 
 def test_bench_layouts_prints_a_row_per_rank_and_refuses_bad_sizes():
