@@ -3,9 +3,10 @@
     from loretta.experiment import train      # train(cfg) -> results record; cfg = a composed config
 
 Modules, one job each: models (model registry), methods (method registry), prefix (encoder prefix
-tuning), data (examples -> tensors, losses, predictions), loop (the training loop), adapters (a
-run's saved adapter, and starting from one), results (results.json, versions), logging
-(metrics.jsonl and wandb), checks (config errors).
+tuning), peft_generation (PEFT's prefix / prompt tuning in transformers 5's generate), data
+(examples -> tensors, losses, predictions), loop (the training loop), adapters (a run's saved
+adapter, and starting from one), results (results.json, versions), run_folder (one run per folder),
+sharded (checkpoints under FSDP), logging (metrics.jsonl and wandb), checks (config errors).
 `import loretta` never imports this package: Hydra, wandb, datasets and tasks stay out of the library.
 """
 
