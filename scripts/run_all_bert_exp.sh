@@ -37,28 +37,7 @@ map_model() {  # Hub id or our name -> our config name
 }
 map_task() { echo "$1" | tr 'A-Z' 'a-z' | tr -d '-'; }  # SST2 -> sst2, STS-B -> stsb
 
-fail() { echo "$(basename "$0"): $*" >&2; exit 2; }
-# check_names <group> <VARIABLE> <names, comma-separated>: each name has a config in configs/<group>/
-check_names() {
-  local group=$1 var=$2 name names
-  IFS=',' read -ra names <<< "$3"
-  for name in "${names[@]}"; do
-    [ "$group/$name" != method/ptune ] || fail "$var=ptune: the paper's P-Tuning has no method here (configs/README.md, \"Not covered\"); MODE=prompt is prompt tuning"
-    [ -f "configs/$group/$name.yaml" ] || fail "$var: '$name' is not one of: $(cd "configs/$group" && ls -- *.yaml | sed 's/\.yaml$//' | tr '\n' ' ')"
-  done
-}
-# check_rank <methods, comma-separated>: RANK is the tensor rank of the LoRETTA methods, which other methods lack
-check_rank() {
-  local m methods
-  [ -n "${RANK:-}" ] || return 0
-  IFS=',' read -ra methods <<< "$1"
-  for m in "${methods[@]}"; do
-    case "$m" in
-      loretta_adp|loretta_rep) ;;
-      *) fail "RANK=$RANK is the tensor rank of the LoRETTA methods (loretta_adp, loretta_rep); MODE=$1 includes '$m', which has none: run it without RANK" ;;
-    esac
-  done
-}
+source scripts/sweep_checks.sh  # fail, check_names, check_rank
 
 common=()
 [ -n "${EPOCH:-}" ] && common+=("train.epochs=$EPOCH")

@@ -38,27 +38,7 @@ run() {
   if [ "${DRY_RUN:-0}" = "1" ]; then echo "$PYTHON -m loretta.run $*"; else "$PYTHON" -m loretta.run "$@"; fi
 }
 
-fail() { echo "$(basename "$0"): $*" >&2; exit 2; }
-# check_names <group> <VARIABLE> <names, comma-separated>: each name has a config in configs/<group>/
-check_names() {
-  local group=$1 var=$2 name names
-  IFS=',' read -ra names <<< "$3"
-  for name in "${names[@]}"; do
-    [ -f "configs/$group/$name.yaml" ] || fail "$var: '$name' is not one of: $(cd "configs/$group" && ls -- *.yaml | sed 's/\.yaml$//' | tr '\n' ' ')"
-  done
-}
-# check_rank <methods, comma-separated>: RANK is the tensor rank of the LoRETTA methods, which other methods lack
-check_rank() {
-  local m methods
-  [ -n "${RANK:-}" ] || return 0
-  IFS=',' read -ra methods <<< "$1"
-  for m in "${methods[@]}"; do
-    case "$m" in
-      loretta_adp|loretta_rep) ;;
-      *) fail "RANK=$RANK is the tensor rank of the LoRETTA methods (loretta_adp, loretta_rep); MODE=$1 includes '$m', which has none: run it without RANK" ;;
-    esac
-  done
-}
+source scripts/sweep_checks.sh  # fail, check_names, check_rank
 failed=()  # the sweeps that had a failing run; the others still run
 
 # one task: the paper script's batch size / accumulation for it, then the Hydra app

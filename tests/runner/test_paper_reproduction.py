@@ -224,6 +224,7 @@ def test_llama_presets_and_the_large_script_launch_the_same_runs():
     ("run_all_large_exp.sh", {"RANK": "8"}, ["RANK=8", "Tables 2 and 3"]),
     ("run_all_bert_exp.sh", {"MODE": "magic"}, ["MODE: 'magic' is not one of:", "loretta_adp", "lora_r4"]),
     ("run_all_bert_exp.sh", {"MODE": "ptune"}, ["MODE=ptune", "P-Tuning", "MODE=prompt"]),
+    ("run_all_large_exp.sh", {"MODE": "ptune"}, ["MODE=ptune", "P-Tuning", "MODE=prompt"]),
     ("run_all_bert_exp.sh", {"TASK": "SST2,IMAGENET"}, ["TASK: 'imagenet' is not one of:", "sst2", "stsb"]),
     ("run_all_bert_exp.sh", {"MODEL": "gpt5"}, ["MODEL: 'gpt5' is not one of:", "deberta-base", "roberta-base"]),
     ("run_all_large_exp.sh", {"TASK": "Copa,XYZ"}, ["TASK: 'xyz' is not one of:", "copa", "drop"]),
@@ -231,7 +232,7 @@ def test_llama_presets_and_the_large_script_launch_the_same_runs():
     ("run_all_large_exp.sh", {"MODEL": "meta-llama/Llama-3-8b"}, ["MODEL: 'meta-llama/Llama-3-8b' is not one of:",
                                                                   "llama2-7b"]),
 ], ids=["bert-rank-lora", "bert-rank-ft", "bert-rank-table", "large-rank-lora", "large-rank-tables", "bert-mode",
-        "bert-ptune", "bert-task", "bert-model", "large-task", "large-mode", "large-model"])
+        "bert-ptune", "large-ptune", "bert-task", "bert-model", "large-task", "large-mode", "large-model"])
 def test_scripts_refuse_bad_input_before_anything_runs(script, variables, words):
     """Nothing is launched (the dry run prints no command): a wrong name in a comma list would otherwise be found
     only after the runs before it (hours on a GPU), and RANK would reach methods without a tensor rank,
