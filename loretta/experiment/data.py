@@ -15,6 +15,11 @@ training loss and predicts:
   seq2seq_*      encoder-decoder (T5, BART): the same three, with the prompt's context as the encoder's
                  input and the continuation (stripped, then end-of-sequence) as the decoder's target.
 
+Losses are means: `loss` over the batch's examples (encoder, candidates) or over its target tokens (the
+LM loss), `loss_weight` says how many of them a batch holds, so that micro-batches of an accumulated step
+weigh as in one big batch. `example_losses` are each example's own loss (its `loss` as a batch of one):
+the dev loss is their mean, whatever the batch size.
+
 Features are plain dicts of lists; `collate_*` pads them into tensors. Decoder contexts that are too
 long are first shortened by the task (`spec.fit_prompt`, which keeps the answer in view for training only), then
 truncated from the left.
@@ -36,10 +41,12 @@ class Recipe:
     name: str
     encode_train: Callable  # (spec, examples, tokenizer, max_length, keep_answer) -> features for the loss
     collate_train: Callable  # (features, tokenizer) -> batch
-    loss: Callable  # (model, batch) -> scalar tensor
+    loss: Callable  # (model, batch) -> scalar tensor, a mean (see loss_weight)
     encode_eval: Callable  # (spec, examples, tokenizer, max_length) -> features for predictions
     collate_eval: Callable
-    predict: Callable  # (model, batch, ctx) -> (predictions list, loss sum or None)
+    predict: Callable  # (model, batch, ctx) -> (predictions list, example_losses of the batch or None)
+    loss_weight: Callable  # (train batch) -> what `loss` is a mean over: its examples with a gold, or target tokens
+    example_losses: Callable  # (model, train batch) -> (examples,) each one's loss alone; NaN without a gold
 
 
 def recipe_for(family: str, spec, objective: str = "auto") -> Recipe:
@@ -89,11 +96,27 @@ def loss_encoder(model, batch):
     return model(**batch).loss
 
 
+def _encoder_losses(logits, labels):
+    """Each example's share of the model's own loss: squared error for one output (regression), else
+    cross-entropy."""
+    logits = logits.float()
+    if logits.shape[-1] == 1:
+        return (logits.squeeze(-1) - labels.float()) ** 2
+    return F.cross_entropy(logits, labels, reduction="none")
+
+
+def example_losses_encoder(model, batch):
+    return _encoder_losses(model(**batch).logits, batch["labels"])
+
+
 def predict_encoder(model, batch, ctx):
-    out = model(**batch)
-    logits = out.logits.float()
+    logits = model(**batch).logits.float()
     preds = logits.squeeze(-1).tolist() if logits.shape[-1] == 1 else logits.argmax(-1).tolist()
-    return preds, out.loss.float().item() * len(preds)
+    return preds, _encoder_losses(logits, batch["labels"])
+
+
+def examples_in(batch):
+    return batch["labels"].shape[0]
 
 
 # -- decoder: prompts ----------------------------------------------------------------------------
@@ -180,12 +203,22 @@ def loss_candidates(model, batch):
     return F.cross_entropy(candidate_scores(model, batch), batch["gold"])
 
 
+def _candidate_losses(scores, gold):
+    losses = F.cross_entropy(scores, gold.clamp(min=0), reduction="none")
+    return torch.where(gold >= 0, losses, torch.nan)
+
+
+def example_losses_candidates(model, batch, scores_of=candidate_scores):
+    return _candidate_losses(scores_of(model, batch), batch["gold"])
+
+
 def predict_candidates(model, batch, ctx, scores_of=candidate_scores):
     scores = scores_of(model, batch)
-    gold = batch["gold"]
-    known = gold >= 0
-    loss = F.cross_entropy(scores[known], gold[known], reduction="sum").item() if known.any() else None
-    return scores.argmax(-1).tolist(), loss
+    return scores.argmax(-1).tolist(), _candidate_losses(scores, batch["gold"])
+
+
+def golds_in(batch):
+    return int((batch["gold"] >= 0).sum())  # cross_entropy leaves out the -100 ones
 
 
 # -- decoder: LM loss on the answer, greedy generation -------------------------------------------
@@ -213,6 +246,27 @@ def collate_lm(features, tokenizer):
 
 def loss_lm(model, batch):
     return model(**batch).loss
+
+
+def _token_means(logits, labels):
+    """(examples,) mean cross-entropy of each row's labelled tokens (`logits[i, t]` predicts `labels[i, t]`)."""
+    mask = labels != -100
+    rows, cols = mask.nonzero(as_tuple=True)
+    token_loss = F.cross_entropy(logits[rows, cols].float(), labels[rows, cols], reduction="none")
+    sums = torch.zeros(labels.shape[0], device=token_loss.device).index_add(0, rows, token_loss)
+    counts = mask.sum(1)
+    return torch.where(counts > 0, sums / counts.clamp(min=1), torch.nan)
+
+
+def example_losses_lm(model, batch):
+    labels = batch["labels"]
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = logits[:, -labels.shape[1]:]  # prompt tuning returns its virtual tokens' logits too
+    return _token_means(logits[:, :-1], labels[:, 1:])  # token t is predicted at position t-1
+
+
+def targets_in(batch):
+    return int((batch["labels"][:, 1:] != -100).sum())  # the tokens the shifted LM loss averages over
 
 
 def encode_generate(spec, examples, tokenizer, max_length, keep_answer=False):
@@ -293,6 +347,10 @@ def loss_seq2seq_candidates(model, batch):
     return F.cross_entropy(seq2seq_candidate_scores(model, batch), batch["gold"])
 
 
+def example_losses_seq2seq_candidates(model, batch):
+    return example_losses_candidates(model, batch, scores_of=seq2seq_candidate_scores)
+
+
 def predict_seq2seq_candidates(model, batch, ctx):
     return predict_candidates(model, batch, ctx, scores_of=seq2seq_candidate_scores)
 
@@ -308,6 +366,16 @@ def collate_seq2seq_lm(features, tokenizer):
     return {"input_ids": _pad(ids, tokenizer.pad_token_id),
             "attention_mask": _pad([[1] * len(i) for i in ids], 0),
             "labels": _pad([f["labels"] for f in features], -100)}
+
+
+def example_losses_seq2seq_lm(model, batch):
+    labels = batch["labels"]  # the model shifts them right into the decoder's input
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).logits
+    return _token_means(logits, labels)
+
+
+def seq2seq_targets_in(batch):
+    return int((batch["labels"] != -100).sum())
 
 
 def encode_seq2seq_generate(spec, examples, tokenizer, max_length, keep_answer=False):
@@ -331,19 +399,23 @@ def predict_seq2seq_generate(model, batch, ctx):
 
 RECIPES = {
     "encoder": Recipe("encoder", encode_encoder, collate_encoder, loss_encoder,
-                      encode_encoder, collate_encoder, predict_encoder),
+                      encode_encoder, collate_encoder, predict_encoder, examples_in, example_losses_encoder),
     "candidates": Recipe("candidates", encode_candidates, collate_candidates, loss_candidates,
-                         encode_candidates, collate_candidates, predict_candidates),
+                         encode_candidates, collate_candidates, predict_candidates, golds_in,
+                         example_losses_candidates),
     "lm_candidates": Recipe("lm_candidates", encode_lm, collate_lm, loss_lm,  # dev loss: the LM loss, not CE
-                            encode_candidates, collate_candidates, lambda m, b, c: (predict_candidates(m, b, c)[0], None)),
+                            encode_candidates, collate_candidates, lambda m, b, c: (predict_candidates(m, b, c)[0], None),
+                            targets_in, example_losses_lm),
     "lm_generate": Recipe("lm_generate", encode_lm, collate_lm, loss_lm,
-                          encode_generate, collate_generate, predict_generate),
+                          encode_generate, collate_generate, predict_generate, targets_in, example_losses_lm),
     "seq2seq_candidates": Recipe("seq2seq_candidates", encode_seq2seq_candidates, collate_seq2seq_candidates,
                                  loss_seq2seq_candidates, encode_seq2seq_candidates, collate_seq2seq_candidates,
-                                 predict_seq2seq_candidates),
+                                 predict_seq2seq_candidates, golds_in, example_losses_seq2seq_candidates),
     "seq2seq_lm_candidates": Recipe("seq2seq_lm_candidates", encode_seq2seq_lm, collate_seq2seq_lm, loss_lm,
                                     encode_seq2seq_candidates, collate_seq2seq_candidates,
-                                    lambda m, b, c: (predict_seq2seq_candidates(m, b, c)[0], None)),
+                                    lambda m, b, c: (predict_seq2seq_candidates(m, b, c)[0], None),
+                                    seq2seq_targets_in, example_losses_seq2seq_lm),
     "seq2seq_generate": Recipe("seq2seq_generate", encode_seq2seq_lm, collate_seq2seq_lm, loss_lm,
-                               encode_seq2seq_generate, collate_seq2seq_generate, predict_seq2seq_generate),
+                               encode_seq2seq_generate, collate_seq2seq_generate, predict_seq2seq_generate,
+                               seq2seq_targets_in, example_losses_seq2seq_lm),
 }

@@ -4,8 +4,9 @@
   2. task splits (tasks/), model + tokenizer (models.py), method (methods.py)
   3. features (data.py), AdamW, linear warmup + decay
   4. resume from <output_dir>/checkpoint/last when asked
-  5. epochs of optimizer steps; evaluation every `eval_every` steps keeps the best trainable
-     weights (by the primary metric or dev loss) in checkpoint/best.pt and saves checkpoint/last
+  5. epochs of optimizer steps (an accumulated step's gradient is that of its examples as one batch);
+     evaluation every `eval_every` steps keeps the best trainable weights (by the primary metric or
+     dev loss, a mean over examples) in checkpoint/best.pt and saves checkpoint/last
   6. the best weights scored on the evaluation split -> results.json (atomically)
 
 Determinism: the seed fixes the model's random parts, the data sample and each epoch's order
@@ -91,6 +92,9 @@ def train(cfg) -> dict:
     accelerator = Accelerator(mixed_precision=checks.PRECISIONS[cfg.train.precision],
                               gradient_accumulation_steps=cfg.train.grad_accum)
     main = accelerator.is_main_process
+    if cfg.train.precision != "fp32" and not accelerator.native_amp and main:  # accelerate falls back silently
+        print(f"[loretta] train.precision={cfg.train.precision}: accelerate has no such autocast on "
+              f"{accelerator.device.type}; computing in fp32", flush=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if main:
         run_folder.claim(out, resume=cfg.resume, overwrite=cfg.get("overwrite", False))
@@ -115,6 +119,7 @@ def _train(cfg, accelerator, out: Path, resolved: dict) -> dict:
     ckpt_dir = out / "checkpoint"
     main = accelerator.is_main_process
     set_seed(cfg.seed)
+    results.reset_peak_memory()
 
     # 2. data, model, method ----------------------------------------------------------------
     spec = get_task(cfg.task.name)
@@ -205,25 +210,26 @@ def _train(cfg, accelerator, out: Path, resolved: dict) -> dict:
               f"{accelerator.device}, {t.precision}", flush=True)
 
     def evaluate(split: str, metrics: bool = True, loss: bool = True) -> dict:
-        """Scores on a split: the task's metrics from predictions, and the training loss."""
+        """Scores on a split: the task's metrics from predictions, and the training loss as the mean of
+        each example's own (whatever the batch size). gather_for_metrics: every process's share, less the
+        examples accelerate repeated to even out the last batch."""
         model.eval()
-        result, loss_sum, loss_count, preds = {}, 0.0, 0, []
+        result, preds, losses = {}, [], []
         with torch.no_grad(), accelerator.autocast():
             if metrics:
                 for batch in eval_loaders[split]:
-                    p, batch_loss = recipe.predict(model, batch, ctx)
+                    p, batch_losses = recipe.predict(model, batch, ctx)
                     preds.extend(accelerator.gather_for_metrics(p, use_gather_object=True))
-                    if batch_loss is not None:
-                        loss_sum, loss_count = loss_sum + batch_loss, loss_count + len(p)
+                    if batch_losses is not None:
+                        losses.append(accelerator.gather_for_metrics(batch_losses.float()))
                 result.update(spec.compute_metrics(preds, splits[split]))
-            if loss and (split == "dev") and loss_count == 0:
+            if loss and (split == "dev") and not losses:
                 for batch in dev_loss_loader:
-                    n = int(batch["input_ids"].shape[0]) if recipe.name != "candidates" else int(batch["gold"].shape[0])
-                    value = recipe.loss(model, batch).float() * n
-                    total = accelerator.reduce(torch.stack([value, torch.tensor(float(n), device=value.device)]), "sum")
-                    loss_sum, loss_count = loss_sum + total[0].item(), loss_count + int(total[1].item())
-            if loss_count:
-                result["loss"] = loss_sum / loss_count
+                    losses.append(accelerator.gather_for_metrics(recipe.example_losses(model, batch).float()))
+        known = torch.cat(losses).cpu() if losses else torch.empty(0)
+        known = known[~known.isnan()]  # examples without a gold answer have no loss
+        if known.numel():
+            result["loss"] = known.double().mean().item()
         model.train()
         return result
 
@@ -253,6 +259,12 @@ def _train(cfg, accelerator, out: Path, resolved: dict) -> dict:
         save_checkpoint(ckpt_dir / "last.pt", accelerator.unwrap_model(model), optimizer, scheduler, state, main)
         return stop
 
+    def step_weight(order: list[int], start: int) -> float:
+        """What the examples of the optimizer step that starts at `order[start]` weigh together in the loss's
+        mean (their number, or their target tokens), as one batch of them would."""
+        window = [train_set[i] for i in order[start:start + per_step * t.grad_accum]]
+        return float(recipe.loss_weight(recipe.collate_train(window, tokenizer)))
+
     # 5. train ----------------------------------------------------------------------------------
     progress = None
     if main and t.progress_bar:
@@ -263,12 +275,15 @@ def _train(cfg, accelerator, out: Path, resolved: dict) -> dict:
         evaluate_and_keep_best()
     model.train()
     done = state.step >= total_steps
-    window_loss, window_examples, window_start = 0.0, 0, time.time()
+    logged_loss, logged_weight, logged_examples, logged_start = 0.0, 0.0, 0, time.time()
     while not done and state.epoch < num_epochs:
-        order = epoch_order(len(train_set), cfg.seed, state.epoch)[state.consumed:]
+        order = epoch_order(len(train_set), cfg.seed, state.epoch)[state.consumed:]  # from a step's start
         train_loader = loader(train_set, recipe.collate_train, batch_size=t.batch_size, sampler=order)
         session_start = time.time()
-        for batch in train_loader:
+        for i, batch in enumerate(train_loader):
+            if i % t.grad_accum == 0:  # accelerate's windows: grad_accum micro-batches, the epoch's last maybe fewer
+                step_total = step_weight(order, i * per_step)
+            weight = float(recipe.loss_weight(batch))
             with accelerator.accumulate(model):
                 loss = recipe.loss(model, batch)
                 if not torch.isfinite(loss.detach()):
@@ -276,14 +291,20 @@ def _train(cfg, accelerator, out: Path, resolved: dict) -> dict:
                         f"training loss is {loss.item()} at step {state.step + 1} (epoch {state.epoch}); "
                         f"stopping, no results written (earlier checkpoints and results are untouched). "
                         f"Try a lower train.lr (now {lr:g}), train.precision=fp32 or train.max_grad_norm>0.")
-                accelerator.backward(loss)
+                # accelerate divides each micro-batch's mean loss by grad_accum, and DDP averages over processes:
+                # weighed by its share, a step's gradient is that of its examples as one batch, also when the
+                # epoch's last window or micro-batch is short (a mean of means would overweigh those examples).
+                # Under several processes, examples accelerate repeats to fill an epoch's last batch add on top.
+                share = weight * t.grad_accum * accelerator.num_processes / max(step_total, 1e-12)
+                accelerator.backward(loss * share)
                 if accelerator.sync_gradients and t.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)  # frozen ones have no grad
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             state.consumed += per_step
-            window_loss += loss.item()
-            window_examples += per_step
+            logged_loss += loss.item() * weight
+            logged_weight += weight
+            logged_examples += min(per_step, len(order) - i * per_step)
             if not accelerator.sync_gradients:
                 continue
             if not accelerator.optimizer_step_was_skipped:
@@ -292,27 +313,27 @@ def _train(cfg, accelerator, out: Path, resolved: dict) -> dict:
             if progress is not None:
                 progress.update(1)
             if state.step % t.log_every == 0 or state.step == total_steps:
-                elapsed = max(time.time() - window_start, 1e-9)
-                micro = max(window_examples // per_step, 1)
-                logged = {"train/loss": window_loss / micro, "train/lr": scheduler.get_last_lr()[0],
-                          "train/examples_per_s": window_examples / elapsed, "train/epoch": state.epoch}
+                elapsed = max(time.time() - logged_start, 1e-9)
+                # this process's examples (or target tokens) since the last log, as one batch
+                logged = {"train/loss": logged_loss / max(logged_weight, 1e-12), "train/lr": scheduler.get_last_lr()[0],
+                          "train/examples_per_s": logged_examples / elapsed, "train/epoch": state.epoch}
                 tracker.log(logged, state.step)
                 if progress is not None:
                     progress.set_postfix(loss=f"{logged['train/loss']:.4f}", ex_s=f"{logged['train/examples_per_s']:.1f}")
-                window_loss, window_examples, window_start = 0.0, 0, time.time()
+                logged_loss, logged_weight, logged_examples, logged_start = 0.0, 0.0, 0, time.time()
             done = state.step >= total_steps
             if (t.eval_every > 0 and state.step % t.eval_every == 0) or done:
                 state.train_time_s += time.time() - session_start
-                session_start = time.time()
                 if evaluate_and_keep_best():
                     done = True
+                session_start = time.time()  # evaluations and checkpoints are not training time
             if done:
                 break
         else:  # the epoch ran to its end
             state.train_time_s += time.time() - session_start
             state.epoch, state.consumed = state.epoch + 1, 0
-            if t.eval_every == 0 and not done:
-                evaluate_and_keep_best()
+            if t.eval_every == 0 and not done and evaluate_and_keep_best():
+                done = True  # early stopping counts these evaluations too
             continue
         break
     if progress is not None:

@@ -76,8 +76,16 @@ def versions() -> dict:
             "transformers": transformers.__version__, "peft": peft.__version__, "accelerate": accelerate.__version__}
 
 
+def reset_peak_memory() -> None:
+    """Start measuring this run's peak: the jobs of a Hydra multirun share one process, and CUDA's peak
+    would otherwise be the largest of every job so far. (A process's peak RSS cannot be reset.)"""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
 def peak_memory() -> tuple[int, str]:
-    """(bytes, what was measured): the accelerator's peak allocation, else the process's peak RSS."""
+    """(bytes, what was measured): the accelerator's peak allocation since `reset_peak_memory`, else the
+    process's peak RSS (over its whole life: in a multirun, earlier jobs' too)."""
     if torch.cuda.is_available():
         return int(torch.cuda.max_memory_allocated()), "cuda_max_allocated"
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "cpu_peak_rss"
