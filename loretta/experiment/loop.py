@@ -238,7 +238,9 @@ def _train(cfg, accelerator, out: Path, resolved: dict) -> dict:
         want_metrics = t.select_by == "metric" or t.eval_split == "dev"
         start = time.time()
         dev = evaluate("dev", metrics=want_metrics, loss=True)
-        score = dev[spec.primary_metric] if t.select_by == "metric" else -dev["loss"]
+        value = dev.get(spec.primary_metric if t.select_by == "metric" else "loss")
+        finite = value is not None and math.isfinite(value)  # a NaN would compare as never better, silently
+        score = (value if t.select_by == "metric" else -value) if finite else -math.inf
         improved = score > state.best_score
         if improved:
             state.best_score, state.best_step, state.best_dev, state.evals_since_best = score, state.step, dev, 0
@@ -343,6 +345,11 @@ def _train(cfg, accelerator, out: Path, resolved: dict) -> dict:
     accelerator.wait_for_everyone()
     if state.best_step < 0:
         evaluate_and_keep_best()
+    if state.best_step < 0:
+        criterion = spec.primary_metric if t.select_by == "metric" else "loss"
+        seen = ", ".join(f"step {h['step']}: {h.get(criterion)}" for h in state.history)
+        raise NonFiniteLossError(f"no dev evaluation had a finite {criterion} ({seen}), so there is no best "
+                                 f"checkpoint to report; no results written")
     unwrapped = accelerator.unwrap_model(model)
     scored_at_best = t.eval_split == "dev" and spec.primary_metric in state.best_dev
     save_adapter = t.save_adapter and isinstance(unwrapped, PeftModel)

@@ -463,3 +463,16 @@ def test_parameter_counts_are_of_distinct_tensors(kinds, tmp_path, monkeypatch):
         assert result["total_params"] == sum(p.numel() for p in storages.values())
         assert result["trainable_params"] == sum(p.numel() for p in storages.values() if p.requires_grad)
         assert (result["trainable_params"], result["total_params"]) == seen.model.get_nb_trainable_parameters()
+
+
+def test_a_dev_loss_never_finite_stops_the_run_with_a_clear_error(kinds, tmp_path, monkeypatch):
+    """select_by=loss with every dev loss NaN: no evaluation is ever the best, so there is no checkpoint to
+    report; the run says why (it used to end in a FileNotFoundError for best.pt) and writes no results."""
+    from loretta.experiment import NonFiniteLossError, data
+
+    monkeypatch.setattr(data, "_encoder_losses", lambda logits, labels: torch.full(labels.shape, float("nan")))
+    args = ["model=tiny-bert", "task=sst2", "method=lora", f"task.data_dir={kinds['classification'][1]}",
+            "train.max_steps=2", "train.eval_every=1", "train.select_by=loss"]
+    with pytest.raises(NonFiniteLossError, match="no dev evaluation had a finite loss"):
+        run(args, tmp_path)
+    assert not (tmp_path / "sst2" / "tiny-bert" / "lora" / "seed0" / "results.json").exists()
