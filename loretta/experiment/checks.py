@@ -1,6 +1,6 @@
 """Checks on a composed run config, before anything is loaded: every error names the bad value and
 the valid choices. (An unknown group or key on the command line is caught earlier, by Hydra, with the
-same kind of message; a key added with `+` is caught here.)"""
+same kind of message; a key added with `+`, at the top level or in a section, is caught here.)"""
 
 from __future__ import annotations
 
@@ -101,8 +101,23 @@ def known_keys(section: str) -> frozenset[str]:
     return frozenset(keys)
 
 
+@cache
+def known_top_level_keys() -> frozenset[str]:
+    """The top-level keys a run config may hold: configs/config.yaml's, the groups', and those the
+    experiment presets (package _global_) set, read from the files."""
+    keys = set(OmegaConf.load(CONFIGS / "config.yaml")) | {"model", "task", "method", "train"}
+    for path in (CONFIGS / "experiment").glob("*.yaml"):
+        keys |= set(OmegaConf.load(path))
+    return frozenset(keys - {"defaults", "hydra"})
+
+
 def no_unknown_keys(cfg) -> None:
-    """Hydra refuses `train.lrr=1e-3` but adds `+train.lrr=1e-3`, which the run would then ignore."""
+    """Hydra refuses `train.lrr=1e-3` but adds `+train.lrr=1e-3` (or `+sed=1`), which the run would then
+    ignore."""
+    unknown = sorted(set(cfg) - known_top_level_keys() - {"hydra"})
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s) {', '.join(unknown)}; the top-level keys are: "
+                          f"{', '.join(sorted(known_top_level_keys()))}")
     for section in KEY_CHECKED:
         unknown = sorted(set(cfg[section]) - known_keys(section))
         if unknown:

@@ -150,6 +150,8 @@ def test_edge_values_that_mean_something_stay_valid(override):
     ("+task.data_dirr=/tmp", "task.data_dirr", "data_dir"),
     ("+model.dtypes=float32", "model.dtypes", "dtype"),
     ("+logger.projet=x", "logger.projet", "project"),
+    ("+sed=1", "sed", "seed"),
+    ("+output_rot=/tmp/runs", "output_rot", "output_root"),
 ])
 def test_added_unknown_keys_are_refused(override, key, a_valid_key):
     message = refused([override])
@@ -157,8 +159,11 @@ def test_added_unknown_keys_are_refused(override, key, a_valid_key):
 
 
 def test_keys_only_some_configs_of_a_group_have_are_valid():
-    """model.targets is in mpnet.yaml only; another model may set it too."""
+    """model.targets is in mpnet.yaml only; another model may set it too. Top-level keys that only an
+    experiment preset sets (ablation_shape's `shape`) pass with that preset, as every preset does."""
     validate(compose(["model=minilm", "+model.targets={lora:[query,value]}"]))
+    for preset in sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")):
+        validate(compose([f"experiment={preset}"]))
 
 
 # -- method hyper-parameters (methods.apply) ----------------------------------------------------
