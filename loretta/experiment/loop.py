@@ -261,11 +261,13 @@ def _train(cfg, accelerator, out: Path, resolved: dict) -> dict:
         save_checkpoint(ckpt_dir / "last.pt", accelerator.unwrap_model(model), optimizer, scheduler, state, main)
         return stop
 
+    # what each training example weighs in a loss's mean (1, or its target tokens), counted once: an optimizer
+    # step's examples weigh their sum, as one batch of them would
+    example_weights = [float(recipe.loss_weight(recipe.collate_train([f], tokenizer))) for f in train_set]
+
     def step_weight(order: list[int], start: int) -> float:
-        """What the examples of the optimizer step that starts at `order[start]` weigh together in the loss's
-        mean (their number, or their target tokens), as one batch of them would."""
-        window = [train_set[i] for i in order[start:start + per_step * t.grad_accum]]
-        return float(recipe.loss_weight(recipe.collate_train(window, tokenizer)))
+        """What the examples of the optimizer step that starts at `order[start]` weigh together."""
+        return sum(example_weights[i] for i in order[start:start + per_step * t.grad_accum])
 
     # 5. train ----------------------------------------------------------------------------------
     progress = None
