@@ -275,9 +275,13 @@ def decoder_groups(records: list[dict], seed: int | None = None) -> dict:
     by = defaultdict(list)
     for r in records:
         if r.get("experiment") == "evidence_decoder" and seed in (None, r["seed"]):
-            # `method=ft train.lr=0 variant=_zero-shot`: the untrained model through the same evaluation
-            method = "zero-shot" if r.get("variant") == "_zero-shot" else r["method"]
-            by[(r["task"], method, r["lr"])].append(r)
+            # `method=ft train.max_steps=0 variant=_zero-shot` (earlier `train.lr=0 train.max_steps=1`): the
+            # untrained model through the same evaluation; no step is taken, so whatever lr it records is
+            # no setting of it, and every zero-shot seed is one row at lr 0
+            if r.get("variant") == "_zero-shot":
+                by[(r["task"], "zero-shot", 0.0)].append(r)
+            else:
+                by[(r["task"], r["method"], r["lr"])].append(r)
     return by
 
 

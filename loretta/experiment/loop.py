@@ -208,6 +208,11 @@ def _train(cfg, accelerator, out: Path, resolved: dict) -> dict:
               f"{len(train_set)} train / {len(dev_loss_set)} dev / {len(eval_sets[t.eval_split])} "
               f"{t.eval_split} examples; {total_steps} steps, lr {lr:g}; {accelerator.num_processes} x "
               f"{accelerator.device}, {t.precision}", flush=True)
+        if 0 < total_steps <= warmup:  # e.g. a short max_steps under train=glue's 500 warmup steps
+            # the scheduler's factor at optimizer steps 0 .. total-1 is step / warmup while step < warmup
+            print(f"[loretta] warmup {warmup} steps >= the run's {total_steps}: the learning rate peaks at "
+                  f"{lr * (total_steps - 1) / warmup:.3g}, never reaching lr {lr:g} (train.warmup_steps / "
+                  f"train.warmup_ratio set it)", flush=True)
 
     def evaluate(split: str, metrics: bool = True, loss: bool = True) -> dict:
         """Scores on a split: the task's metrics from predictions, and the training loss as the mean of

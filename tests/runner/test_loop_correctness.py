@@ -292,6 +292,20 @@ def test_bf16_trains_fp32_weights_and_evaluates_under_the_same_autocast(kinds, t
     assert {p.dtype for p in seen.model.parameters() if not p.requires_grad} == {torch.bfloat16}
 
 
+@pytest.mark.parametrize("warmup, says", [("train.warmup_steps=500", True), ("train.warmup_steps=4", True),
+                                          ("train.warmup_steps=3", False), ("train.warmup_ratio=0.5", False)])
+def test_a_warmup_as_long_as_the_run_says_the_lr_is_never_reached(warmup, says, kinds, tmp_path, capsys):
+    """train=glue's 500 warmup steps under a short max_steps: the lr would silently stay below train.lr."""
+    run(["model=tiny-bert", "task=sst2", "method=lora", f"task.data_dir={kinds['classification'][1]}",
+         "train.num_train=8", "train.batch_size=4", "train.max_steps=4", "train.eval_every=4", warmup,
+         "train.lr=1e-3"], tmp_path)
+    out = capsys.readouterr().out
+    assert ("the learning rate peaks at" in out) == says
+    assert max(linear_schedule(1.0, int(warmup.split("=")[1]) if "steps" in warmup else 2, 4)) < 1 or not says
+    if warmup.endswith("500"):
+        assert "warmup 500 steps >= the run's 4: the learning rate peaks at 6e-06, never reaching lr 0.001" in out
+
+
 def test_fp16_on_cpu_says_it_computes_in_fp32(kinds, tmp_path, capsys):
     """accelerate has no fp16 autocast on CPU and falls back to fp32 without a word."""
     run(["model=tiny-bert", "task=sst2", "method=lora", f"task.data_dir={kinds['classification'][1]}",
