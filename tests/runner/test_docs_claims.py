@@ -19,13 +19,18 @@ GROUPS = ("model", "task", "method", "train", "experiment")
 
 
 def code_lines(text: str) -> list[str]:
-    """Lines of fenced code blocks and of 4-space indented blocks."""
-    lines, fenced = [], False
+    """Lines of fenced code blocks and of 4-space indented blocks, a line ending in `\\` joined to the next."""
+    lines, fenced, continued = [], False, False
     for line in text.splitlines():
         if line.lstrip().startswith("```"):
             fenced = not fenced
         elif fenced or line.startswith("    "):
-            lines.append(line.strip())
+            line = line.strip()
+            if continued:
+                lines[-1] = lines[-1][:-1] + " " + line
+            else:
+                lines.append(line)
+            continued = line.endswith("\\")
     return lines
 
 
