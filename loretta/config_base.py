@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -16,6 +17,18 @@ BIAS_CHOICES = ("none", "all")
 def check_positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_bool(name: str, value) -> None:
+    # a flag given as a string ("false" from a command line or an environment variable) is truthy: it
+    # would silently do the opposite of what it says
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def check_number(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
 
 
 def check_probability(name: str, value) -> None:
@@ -115,6 +128,8 @@ class LorettaConfigBase(PeftConfig):
 
     def _validate_common(self) -> None:
         check_positive_int("tensor_rank", self.tensor_rank)
+        for flag in ("tensorized_head", "trainable_layer_norms", "recompute_layer_norms"):
+            check_bool(flag, getattr(self, flag))
         if self.init_method not in INIT_METHODS:
             raise ValueError(f"init_method {self.init_method!r} is not one of {list(INIT_METHODS)}")
         if self.tt_forward not in FORWARD_MODES:
@@ -137,6 +152,10 @@ class LorettaConfigBase(PeftConfig):
             raise ValueError(f"layers_to_transform must be a layer index or a list of them (ints >= 0), got {layers!r}")
         if self.layers_pattern and layers is None:
             raise ValueError(f"layers_pattern={self.layers_pattern!r} needs layers_to_transform (the indices to adapt)")
+        pattern = self.layers_pattern
+        if pattern is not None and not (isinstance(pattern, str) or
+                                        (isinstance(pattern, list) and all(isinstance(p, str) for p in pattern))):
+            raise ValueError(f"layers_pattern must be None, a module list's name or a list of them, got {pattern!r}")
         if isinstance(self.target_modules, str) and (layers is not None or self.layers_pattern):
             raise ValueError(
                 "layers_to_transform / layers_pattern cannot be combined with a regex target_modules "

@@ -141,11 +141,27 @@ def checked_in_this_pass(mark) -> bool:
     return mark is not None and mark is _checked_pass and not torch.is_grad_enabled()
 
 
+def _in_reentrant_checkpoint_backward() -> bool:
+    """Whether this runs in the backward of a reentrant checkpoint (torch.utils.checkpoint with
+    use_reentrant=True, DeepSpeed's): it recomputes the checkpointed forward and back-propagates through
+    the recomputation with a backward call of its own."""
+    current_node = getattr(torch._C, "_current_autograd_node", None)  # private: a torch without it is not detected
+    node = current_node() if current_node is not None else None
+    return node is not None and node.name().endswith("CheckpointFunctionBackward")
+
+
 def held_is_stale(held_state, current_state, operand: torch.Tensor, cores_train: bool) -> bool:
     """Whether something built from TT cores ahead of use (tt_batch) may no longer stand in for a fresh
-    build: the tensors it came from changed since (an optimizer step, a load), or it was built without
-    a graph (under no_grad) and gradients are wanted now."""
-    return held_state != current_state or (graph_wanted(cores_train) and operand.grad_fn is None)
+    build: the tensors it came from changed since (an optimizer step, a load), it was built without
+    a graph (under no_grad) and gradients are wanted now, or a reentrant checkpoint is recomputing its
+    layer: that one's own backward call would run through (and free) the graph of what was built for
+    all layers together before the forward, and the next checkpointed layer's backward would fail
+    ("Trying to backward through the graph a second time"); a fresh build keeps that graph in the layer."""
+    if held_state != current_state:
+        return True
+    if not graph_wanted(cores_train):
+        return False
+    return operand.grad_fn is None or _in_reentrant_checkpoint_backward()
 
 
 class FrozenCores(nn.Module):

@@ -255,8 +255,12 @@ class LorettaTunerBase(BaseTuner):
     def _install_heads(self, model: nn.Module, adapter_name: str) -> None:
         for name, tt in self._heads_to_install:
             parent_name, _, child = name.rpartition(".")
-            wrapper = model.get_submodule(parent_name)
-            setattr(wrapper.modules_to_save[adapter_name], child, tt)
+            head_copy = model.get_submodule(parent_name).modules_to_save[adapter_name]
+            # PEFT has decided whether this adapter's copy trains: the active adapter's does, one added beside
+            # it (add_adapter) or loaded for inference (load_adapter, is_trainable=False) does not. The TT layer
+            # follows the dense layer it replaces there; new, it would train with the frozen copy around it.
+            tt.requires_grad_(getattr(head_copy, child).weight.requires_grad)
+            setattr(head_copy, child, tt)
 
     @staticmethod
     def _add_modules_to_save(peft_config, names) -> None:
@@ -266,6 +270,19 @@ class LorettaTunerBase(BaseTuner):
             if name and name not in current:
                 current.append(name)
         peft_config.modules_to_save = current
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
+        # PEFT strips the adapter name from a saved key where LoRA's weights have it, last or second to last
+        # (lora_A.<name>.weight); a TT core sits one level deeper (loretta_rep_A.<name>.cores.0), so its saved
+        # key keeps the name of the adapter it was saved from. Loaded under another name (from_pretrained's
+        # "default" for an adapter trained as "task_a"), those keys matched nothing and the cores silently
+        # kept their fresh initialisation. They are renamed to the adapter being loaded; the saved format
+        # stays as it is, so adapters saved before (and the experiment runner's) load unchanged.
+        layers = "|".join(re.escape(n) for n in cls.tuner_layer_cls.adapter_layer_names)
+        core_key = re.compile(rf"(\.(?:{layers})\.)[^.]+(\.(?:cores|initial_cores)\.\d+)$")
+        renamed = {core_key.sub(lambda m: f"{m[1]}{adapter_name}{m[2]}", k): v for k, v in state_dict.items()}
+        return super()._remap_adapter_state_dict_for_load(model, config, adapter_name, renamed)
 
     def _replace_module(self, parent, child_name, new_module, child) -> None:
         # Plain replacement (as peft's LoRA does): the default would graft child.weight onto modules

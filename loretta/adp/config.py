@@ -5,7 +5,7 @@ from typing import Optional
 
 from transformers.activations import ACT2FN
 
-from ..config_base import LorettaConfigBase, check_positive_int, check_probability, name_list
+from ..config_base import LorettaConfigBase, check_bool, check_number, check_positive_int, check_probability, name_list
 
 PEFT_TYPE = "LORETTA_ADP"
 
@@ -39,6 +39,6 @@ class LorettaAdpConfig(LorettaConfigBase):
         check_probability("adapter_dropout", self.adapter_dropout)
         if self.non_linearity not in ACT2FN:
             raise ValueError(f"non_linearity {self.non_linearity!r} is not one of {sorted(ACT2FN)}")
-        if not isinstance(self.scaling, (int, float)):
-            raise ValueError(f"scaling must be a number, got {self.scaling!r}")
+        check_number("scaling", self.scaling)
+        check_bool("tensorized", self.tensorized)
         self.input_side_modules = name_list("input_side_modules", self.input_side_modules)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config_base import LorettaConfigBase, check_positive_int, check_probability
+from ..config_base import LorettaConfigBase, check_number, check_positive_int, check_probability
 
 PEFT_TYPE = "LORETTA_REP"
 
@@ -24,5 +24,4 @@ class LorettaRepConfig(LorettaConfigBase):
         self._validate_common()
         check_positive_int("r", self.r)
         check_probability("lora_dropout", self.lora_dropout)
-        if not isinstance(self.lora_alpha, (int, float)) or isinstance(self.lora_alpha, bool):
-            raise ValueError(f"lora_alpha must be a number, got {self.lora_alpha!r}")
+        check_number("lora_alpha", self.lora_alpha)
