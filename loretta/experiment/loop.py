@@ -70,6 +70,14 @@ def _plain(node):
     return OmegaConf.to_container(node, resolve=True) if node is not None else {}
 
 
+def apply_method(cfg, loaded: models.Loaded, num_labels: int | None) -> torch.nn.Module:
+    """The run's method on its loaded model (step 2), with the model config's targets; one function, so that
+    counting without weights (counts.py) builds what a run trains."""
+    target = methods.Target(family=loaded.family, model_type=loaded.model_type, num_labels=num_labels,
+                            targets=_plain(cfg.model.get("targets")))
+    return methods.apply(loaded.model, cfg.method, target)
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g).tolist()
@@ -140,9 +148,7 @@ def _train(cfg, accelerator, out: Path, resolved: dict) -> dict:
         loaded.model = prepare_model_for_kbit_training(loaded.model, use_gradient_checkpointing=False)
         keep_4bit_training_layout(loaded.model)  # every method trains between evaluations
     tokenizer = loaded.tokenizer
-    target = methods.Target(family=loaded.family, model_type=loaded.model_type, num_labels=spec.num_labels,
-                            targets=_plain(cfg.model.get("targets")))
-    model = methods.apply(loaded.model, cfg.method, target)
+    model = apply_method(cfg, loaded, spec.num_labels)
     if cfg.get("init_adapter"):
         adapters.load_into(model, cfg.init_adapter, cfg.method.name)
     trainable = [p for p in model.parameters() if p.requires_grad]

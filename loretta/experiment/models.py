@@ -193,22 +193,47 @@ def quantization_config(mcfg):
                               llm_int8_skip_modules=list(UNQUANTIZED))
 
 
+def auto_class(family: str):
+    """The transformers Auto class of a family: the head it needs."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+
+    return {"encoder": AutoModelForSequenceClassification, "decoder": AutoModelForCausalLM,
+            "seq2seq": AutoModelForSeq2SeqLM}[family]
+
+
+def head_settings(family: str, num_labels: int | None, label_names=None) -> dict:
+    """Config settings of the classification head (encoders only): the task's labels."""
+    if family != "encoder":
+        return {}
+    head = {"num_labels": num_labels}
+    if label_names and num_labels > 1:
+        head["id2label"] = dict(enumerate(label_names))
+        head["label2id"] = {n: i for i, n in enumerate(label_names)}
+    return head
+
+
+def load_on_meta(mcfg, config, *, num_labels: int | None = None) -> Loaded:
+    """`mcfg`'s model with the head `load` gives it, built from the transformers `config` (the model's
+    config.json settings) on the meta device: no weights, no tokenizer; for counting parameters
+    (loretta/experiment/counts.py)."""
+    if mcfg.family not in FAMILIES:
+        raise ConfigError(f"model.family={mcfg.family!r} is not one of {', '.join(FAMILIES)}")
+    for key, value in head_settings(mcfg.family, num_labels).items():
+        setattr(config, key, value)
+    with torch.device("meta"):
+        model = auto_class(mcfg.family).from_config(config)
+    return Loaded(model=model, tokenizer=None, family=mcfg.family, model_type=model.config.model_type)
+
+
 def load(mcfg, *, num_labels: int | None = None, label_names=None, device=None) -> Loaded:
     """The model of `mcfg` with the head its family needs, and its tokenizer (pad token set).
     A quantized model is loaded straight onto `device` (bitsandbytes places it as it quantizes)."""
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     if mcfg.family not in FAMILIES:
         raise ConfigError(f"model.family={mcfg.family!r} is not one of {', '.join(FAMILIES)}")
-    encoder = mcfg.family == "encoder"
-    auto = {"encoder": AutoModelForSequenceClassification, "decoder": AutoModelForCausalLM,
-            "seq2seq": AutoModelForSeq2SeqLM}[mcfg.family]
-    head = {}
-    if encoder:
-        head = {"num_labels": num_labels}
-        if label_names and num_labels > 1:
-            head["id2label"] = dict(enumerate(label_names))
-            head["label2id"] = {n: i for i, n in enumerate(label_names)}
+    auto = auto_class(mcfg.family)
+    head = head_settings(mcfg.family, num_labels, label_names)
     dtype = getattr(torch, str(mcfg.dtype))
 
     if mcfg.source == "tiny":
