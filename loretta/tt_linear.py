@@ -141,12 +141,14 @@ def checked_in_this_pass(mark) -> bool:
     return mark is not None and mark is _checked_pass and not torch.is_grad_enabled()
 
 
+_current_autograd_node = getattr(torch._C, "_current_autograd_node", None)  # private: a torch without it is not detected
+
+
 def _in_reentrant_checkpoint_backward() -> bool:
     """Whether this runs in the backward of a reentrant checkpoint (torch.utils.checkpoint with
     use_reentrant=True, DeepSpeed's): it recomputes the checkpointed forward and back-propagates through
     the recomputation with a backward call of its own."""
-    current_node = getattr(torch._C, "_current_autograd_node", None)  # private: a torch without it is not detected
-    node = current_node() if current_node is not None else None
+    node = _current_autograd_node() if _current_autograd_node is not None else None
     return node is not None and node.name().endswith("CheckpointFunctionBackward")
 
 

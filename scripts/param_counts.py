@@ -16,20 +16,21 @@ import torch
 from peft import LoraConfig
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
-from bench_methods import DEBERTA_BASE  # this folder's: microsoft/deberta-base's attention settings
 from loretta import LorettaAdpConfig, LorettaRepConfig, get_peft_model
+from loretta.experiment import ConfigError, counts  # counts.ARCHITECTURES: the paper models' config.json sizes
+
+
+def _paper_model(key: str, task: str, lora_targets: list[str], **extra) -> tuple:
+    model_type, sizes = counts.ARCHITECTURES[key]
+    return task, model_type, dict(sizes, **extra), lora_targets
+
 
 MODELS = {
-    "DeBERTa-base": ("SEQ_CLS", "deberta", dict(DEBERTA_BASE, num_labels=2), ["in_proj"]),
-    "RoBERTa-base": ("SEQ_CLS", "roberta", dict(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1,
-                                                num_labels=2), ["query", "value"]),
-    "LLaMA-2-7B": ("CAUSAL_LM", "llama", dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                                              num_attention_heads=32, vocab_size=32000), ["q_proj", "v_proj"]),
-    "LLaMA-2-13B": ("CAUSAL_LM", "llama", dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
-                                               num_attention_heads=40, vocab_size=32000), ["q_proj", "v_proj"]),
-    "LLaMA-2-70B": ("CAUSAL_LM", "llama", dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
-                                               num_attention_heads=64, num_key_value_heads=8, vocab_size=32000),
-                    ["q_proj", "v_proj"]),
+    "DeBERTa-base": _paper_model("deberta-base", "SEQ_CLS", ["in_proj"], num_labels=2),
+    "RoBERTa-base": _paper_model("roberta-base", "SEQ_CLS", ["query", "value"], num_labels=2),
+    "LLaMA-2-7B": _paper_model("llama2-7b", "CAUSAL_LM", ["q_proj", "v_proj"]),
+    "LLaMA-2-13B": _paper_model("llama2-13b", "CAUSAL_LM", ["q_proj", "v_proj"]),
+    "LLaMA-2-70B": _paper_model("llama2-70b", "CAUSAL_LM", ["q_proj", "v_proj"]),
 }
 
 # Models the paper did not use (published configs): what the family presets give at these sizes
@@ -103,10 +104,6 @@ def baselines() -> None:
     from pathlib import Path
 
     from hydra import compose, initialize_config_dir
-
-    from loretta import hydra_resolvers  # noqa: F401  (${model_tag:...})
-    from loretta.experiment import counts
-    from loretta.experiment.checks import ConfigError
 
     print("| table | model | method | ours (runner) | ours, M | paper, M | |")
     print("|---|---|---|---:|---:|---:|---|")

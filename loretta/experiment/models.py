@@ -197,6 +197,8 @@ def auto_class(family: str):
     """The transformers Auto class of a family: the head it needs."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
+    if family not in FAMILIES:
+        raise ConfigError(f"model.family={family!r} is not one of {', '.join(FAMILIES)}")
     return {"encoder": AutoModelForSequenceClassification, "decoder": AutoModelForCausalLM,
             "seq2seq": AutoModelForSeq2SeqLM}[family]
 
@@ -216,8 +218,6 @@ def load_on_meta(mcfg, config, *, num_labels: int | None = None) -> Loaded:
     """`mcfg`'s model with the head `load` gives it, built from the transformers `config` (the model's
     config.json settings) on the meta device: no weights, no tokenizer; for counting parameters
     (loretta/experiment/counts.py)."""
-    if mcfg.family not in FAMILIES:
-        raise ConfigError(f"model.family={mcfg.family!r} is not one of {', '.join(FAMILIES)}")
     for key, value in head_settings(mcfg.family, num_labels).items():
         setattr(config, key, value)
     with torch.device("meta"):
@@ -230,8 +230,6 @@ def load(mcfg, *, num_labels: int | None = None, label_names=None, device=None) 
     A quantized model is loaded straight onto `device` (bitsandbytes places it as it quantizes)."""
     from transformers import AutoTokenizer
 
-    if mcfg.family not in FAMILIES:
-        raise ConfigError(f"model.family={mcfg.family!r} is not one of {', '.join(FAMILIES)}")
     auto = auto_class(mcfg.family)
     head = head_settings(mcfg.family, num_labels, label_names)
     dtype = getattr(torch, str(mcfg.dtype))
