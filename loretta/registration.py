@@ -1,7 +1,8 @@
 """Make the LoRETTA tuners first-class PEFT methods.
 
-peft's `register_peft_method` only accepts names of its closed PeftType enum, so we add string keys
-to the registry mappings directly (DESIGN.md section 4). Idempotent: runs on every `import loretta`.
+peft's `register_peft_method` only accepts names of its closed PeftType enum, so we add our own
+types (peft_types.py: the same kind of enum, equal to their names) to the registry mappings directly
+(DESIGN.md section 4). Idempotent: runs on every `import loretta`.
 """
 
 from __future__ import annotations

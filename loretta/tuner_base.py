@@ -272,17 +272,33 @@ class LorettaTunerBase(BaseTuner):
         peft_config.modules_to_save = current
 
     @classmethod
-    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
-        # PEFT strips the adapter name from a saved key where LoRA's weights have it, last or second to last
-        # (lora_A.<name>.weight); a TT core sits one level deeper (loretta_rep_A.<name>.cores.0), so its saved
-        # key keeps the name of the adapter it was saved from. Loaded under another name (from_pretrained's
-        # "default" for an adapter trained as "task_a"), those keys matched nothing and the cores silently
-        # kept their fresh initialisation. They are renamed to the adapter being loaded; the saved format
-        # stays as it is, so adapters saved before (and the experiment runner's) load unchanged.
+    def _core_key(cls, adapter_name: str | None = None) -> re.Pattern:
+        """A TT core's key in the model: <layer>.loretta_rep_A.<adapter name>.cores.0 (or initial_cores);
+        any adapter name if None."""
         layers = "|".join(re.escape(n) for n in cls.tuner_layer_cls.adapter_layer_names)
-        core_key = re.compile(rf"(\.(?:{layers})\.)[^.]+(\.(?:cores|initial_cores)\.\d+)$")
-        renamed = {core_key.sub(lambda m: f"{m[1]}{adapter_name}{m[2]}", k): v for k, v in state_dict.items()}
-        return super()._remap_adapter_state_dict_for_load(model, config, adapter_name, renamed)
+        name = r"[^.]+" if adapter_name is None else re.escape(adapter_name)
+        return re.compile(rf"(\.(?:{layers}))\.{name}(\.(?:cores|initial_cores)\.\d+)$")
+
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        # PEFT drops the adapter name where LoRA's weights have it, last or second to last
+        # (lora_A.<name>.weight); a TT core sits one level deeper (loretta_rep_A.<name>.cores.0). Saved
+        # without it, as LoRA's are, an adapter loads under any name, and transformers' own loading
+        # (model.load_adapter, from_pretrained of an adapter folder), which inserts the name after the
+        # method's prefix, finds its cores.
+        stripped = cls._core_key(adapter_name).sub(r"\1\2", key)
+        return stripped if stripped != key else super()._remove_adapter_name_from_key(key, adapter_name)
+
+    @classmethod
+    def upgrade_saved_keys(cls, state_dict: dict) -> dict:
+        """An adapter saved before 2026-11-30 kept the adapter name in its TT cores' keys: the same keys
+        as saved now."""
+        core_key = cls._core_key()
+        return {core_key.sub(r"\1\2", k): v for k, v in state_dict.items()}
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
+        return super()._remap_adapter_state_dict_for_load(model, config, adapter_name, cls.upgrade_saved_keys(state_dict))
 
     def _replace_module(self, parent, child_name, new_module, child) -> None:
         # Plain replacement (as peft's LoRA does): the default would graft child.weight onto modules

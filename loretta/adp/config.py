@@ -6,8 +6,9 @@ from typing import Optional
 from transformers.activations import ACT2FN
 
 from ..config_base import LorettaConfigBase, check_bool, check_number, check_positive_int, check_probability, name_list
+from ..peft_types import LorettaPeftType
 
-PEFT_TYPE = "LORETTA_ADP"
+PEFT_TYPE = LorettaPeftType.LORETTA_ADP
 
 
 @dataclass

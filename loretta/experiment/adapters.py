@@ -44,13 +44,17 @@ def load_into(model, path: str | Path, method: str) -> None:
     path = Path(path).expanduser()
     if not isinstance(model, PeftModel):
         raise ConfigError(f"init_adapter needs a PEFT method; method={method} does not build a PEFT model")
-    # PEFT's own types are PeftType members, LoRETTA's plain strings: compare the names
+    # PEFT's own types are PeftType members, LoRETTA's LorettaPeftType ones, read back by the generic
+    # PeftConfig as their plain names: compare the names
     saved_type = _type_name(PeftConfig.from_pretrained(path).peft_type)
     built_type = _type_name(model.peft_config["default"].peft_type)
     if saved_type != built_type:
         raise ConfigError(f"init_adapter={str(path)!r} is a {saved_type} adapter but method={method} builds "
                           f"{built_type}")
     weights = load_peft_weights(str(path), device="cpu")
+    upgrade = getattr(type(model.base_model), "upgrade_saved_keys", None)  # LoRETTA's, for older saved adapters
+    if upgrade is not None:
+        weights = upgrade(weights)
     expected = set(get_peft_model_state_dict(model))
     if set(weights) != expected:
         raise ConfigError(f"init_adapter={str(path)!r} does not fit method={method} on this model: missing "

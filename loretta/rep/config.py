@@ -3,8 +3,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..config_base import LorettaConfigBase, check_number, check_positive_int, check_probability
+from ..peft_types import LorettaPeftType
 
-PEFT_TYPE = "LORETTA_REP"
+PEFT_TYPE = LorettaPeftType.LORETTA_REP
 
 
 @dataclass

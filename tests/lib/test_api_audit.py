@@ -3,11 +3,12 @@ adapters added or loaded beside the active one, reentrant gradient checkpointing
 on disk, and the trainable-parameter report."""
 
 import json
+import re
 
 import pytest
 import torch
 from peft import PeftConfig, PeftModel
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from loretta import LorettaAdpConfig, LorettaRepConfig, get_peft_model
 
@@ -28,7 +29,8 @@ def test_an_adapter_loads_under_any_name(tmp_path, family, method):
     `PeftModel.from_pretrained(base, path)` (named "default"), and one saved as "default" under any
     name. The TT cores sit one level deeper than LoRA's weights (`loretta_rep_A.<name>.cores.0`), where
     PEFT does not strip the name: their saved keys kept it, and an adapter loaded under another name
-    silently kept its freshly initialised cores (PEFT only warned about missing keys)."""
+    silently kept its freshly initialised cores (PEFT only warned about missing keys). Their saved keys
+    now drop it, as LoRA's do."""
     task = default_task(family)
     model = get_peft_model(tiny_model(family, task=task), METHODS[method](task), adapter_name="task_a")
     _perturb_adapters(model)
@@ -53,17 +55,34 @@ def test_an_adapter_loads_under_any_name(tmp_path, family, method):
     assert as_copy == sorted(n.replace(".task_a.", ".copy.") for n in _trainable(model))
 
 
-def test_adapters_saved_before_load_under_another_name(tmp_path):
-    """The saved format is unchanged (adapters saved by earlier versions and by the experiment runner hold
-    the TT cores under the adapter's name): such a file loads under any name too."""
-    model = get_peft_model(tiny_model("llama", task="CAUSAL_LM"), METHODS["rep"]("CAUSAL_LM"), adapter_name="old")
+def test_saved_keys_do_not_name_the_adapter(tmp_path):
+    """As LoRA's: a checkpoint is the same whatever the adapter was called, so transformers' own loading
+    (which inserts the name after the method's prefix, test_transformers_loading.py) finds the cores."""
+    model = get_peft_model(tiny_model("llama", task="CAUSAL_LM"), METHODS["rep"]("CAUSAL_LM"), adapter_name="task_a")
+    model.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "task_a" / "adapter_model.safetensors")
+    assert not [k for k in saved if "task_a" in k]
+    assert any(k.endswith(".loretta_rep_A.cores.0") for k in saved)
+    assert any(k.endswith(".loretta_rep_B.initial_cores.2") for k in saved)
+
+
+def _in_the_earlier_format(saved: dict, name: str) -> dict:
+    """Before 2026-11-30 a TT core's saved key kept the adapter's name (loretta_rep_A.<name>.cores.0)."""
+    return {re.sub(r"(\.loretta_\w+)(\.(?:cores|initial_cores)\.\d+)$", rf"\1.{name}\2", k): v for k, v in saved.items()}
+
+
+@pytest.mark.parametrize("method", ["adp", "rep"])
+def test_adapters_saved_in_the_earlier_format_load_under_any_name(tmp_path, method):
+    model = get_peft_model(tiny_model("bert"), METHODS[method]("SEQ_CLS"), adapter_name="old")
     _perturb_adapters(model)
     batch = tiny_batch(model)
     expected = _logits(model, batch)
     model.save_pretrained(tmp_path)
-    saved = load_file(tmp_path / "old" / "adapter_model.safetensors")
-    assert any(".loretta_rep_A.old.cores.0" in k for k in saved)
-    loaded = PeftModel.from_pretrained(tiny_model("llama", task="CAUSAL_LM"), tmp_path / "old", adapter_name="new")
+    file = tmp_path / "old" / "adapter_model.safetensors"
+    earlier = _in_the_earlier_format(load_file(file), "old")
+    assert sum(".old.cores." in k for k in earlier) > 0
+    save_file(earlier, file)
+    loaded = PeftModel.from_pretrained(tiny_model("bert"), tmp_path / "old", adapter_name="new")
     torch.testing.assert_close(_logits(loaded, batch), expected, rtol=0, atol=0)
 
 

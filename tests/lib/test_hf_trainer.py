@@ -5,6 +5,7 @@ import os
 
 import pytest
 import torch
+from peft import PeftModel, get_peft_model_state_dict
 from transformers import Trainer, TrainingArguments
 
 from loretta import LorettaAdpConfig, LorettaRepConfig, get_peft_model
@@ -76,3 +77,29 @@ def test_trainer_with_bf16_trains_the_layer_norms_of_a_bf16_model(method, tmp_pa
         params = dict(model.named_parameters())
         moved[masters] = sum(not torch.equal(before, params[n]) for n, before in norms.items()) / len(norms)
     assert moved == {True: 1.0, False: 0.0}
+
+
+@pytest.mark.parametrize("method", ["adp", "rep"])
+def test_trainer_loads_the_best_checkpoint_at_the_end(tmp_path, method):
+    """load_best_model_at_end: the Trainer reloads the best checkpoint's adapter into the trained model
+    (PeftModel.load_adapter under the active adapter's name), TT cores, norms and head included."""
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, num_train_epochs=3,
+                             learning_rate=1e-2, eval_strategy="epoch", save_strategy="epoch", report_to=[],
+                             load_best_model_at_end=True, metric_for_best_model="eval_loss",
+                             greater_is_better=True,  # the highest loss: an early checkpoint, not the last
+                             use_cpu=True, disable_tqdm=True, seed=0)
+    model = get_peft_model(tiny_model("bert", task="SEQ_CLS"), CONFIGS[method]())
+    trainer = Trainer(model=model, args=args, train_dataset=RandomPairs(), eval_dataset=RandomPairs())
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    assert best is not None and best != str(tmp_path / "checkpoint-12"), best
+
+    reference = PeftModel.from_pretrained(tiny_model("bert", task="SEQ_CLS"), best)
+    expected = get_peft_model_state_dict(reference)
+    state = get_peft_model_state_dict(trainer.model)
+    assert set(state) == set(expected)
+    for key, value in expected.items():
+        torch.testing.assert_close(state[key], value, rtol=0, atol=0, msg=key)
+    last = get_peft_model_state_dict(PeftModel.from_pretrained(tiny_model("bert", task="SEQ_CLS"),
+                                                               tmp_path / "checkpoint-12"))
+    assert any(not torch.equal(last[k], v) for k, v in expected.items())  # so the reload did something

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
@@ -161,6 +162,13 @@ def test_init_adapter_starts_from_a_saved_adapter(method, kinds, tmp_path):
     assert evaluated["metrics"] == trained["best_dev"]  # the saved (best) weights, scored again
     fresh = run([*args, "train.max_steps=0"], tmp_path / "c")
     assert fresh["metrics"] != evaluated["metrics"]
+
+    # an adapter saved before 2026-11-30, whose TT cores' keys kept the adapter's name, fits too
+    from safetensors.torch import load_file, save_file
+    file = adapter / "adapter_model.safetensors"
+    save_file({re.sub(r"(\.loretta_\w+)(\.(?:cores|initial_cores)\.\d+)$", r"\1.default\2", k): v
+               for k, v in load_file(file).items()}, file)
+    assert run([*args, "train.max_steps=0", f"init_adapter={adapter}"], tmp_path / "d")["metrics"] == evaluated["metrics"]
 
 
 def test_init_adapter_that_does_not_fit_is_named(kinds, tmp_path):
