@@ -8,6 +8,8 @@ import json
 
 import pytest
 import torch
+import transformers
+from packaging.version import Version
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
 from loretta import get_peft_model
@@ -16,16 +18,22 @@ from loretta.peft_types import LorettaPeftType
 from .test_tuners import METHODS, _logits, _perturb_adapters
 from .tiny_models import default_task, tiny_batch, tiny_model
 
+# transformers' load_adapter restores PEFT's modules_to_save copies (LoRETTA's layer norms and head, and
+# LoRA's modules_to_save alike) from 5.18 on; before, they kept the base model's weights
+LOADS_MODULES_TO_SAVE = Version(transformers.__version__) >= Version("5.18")
+needs_modules_to_save_loading = pytest.mark.skipif(
+    not LOADS_MODULES_TO_SAVE, reason=f"transformers {transformers.__version__} < 5.18 does not load modules_to_save")
+
 AUTO = {"CAUSAL_LM": AutoModelForCausalLM, "SEQ_CLS": AutoModelForSequenceClassification,
         "SEQ_2_SEQ_LM": AutoModelForSeq2SeqLM}
 
 
-def _trained_adapter(tmp_path, family, method, adapter_name="task_a"):
+def _trained_adapter(tmp_path, family, method, adapter_name="task_a", **config):
     """The base model saved in tmp_path/base, an adapter trained on it (stand-in: every trainable tensor
     moved: TT cores, biases, layer norms, tensorized head) saved in tmp_path/<adapter_name>, its logits."""
     task = default_task(family)
     tiny_model(family, task=task).save_pretrained(tmp_path / "base")
-    model = get_peft_model(AUTO[task].from_pretrained(tmp_path / "base"), METHODS[method](task),
+    model = get_peft_model(AUTO[task].from_pretrained(tmp_path / "base"), METHODS[method](task, **config),
                            adapter_name=adapter_name)
     _perturb_adapters(model)
     batch = tiny_batch(model)
@@ -33,6 +41,7 @@ def _trained_adapter(tmp_path, family, method, adapter_name="task_a"):
     return AUTO[task], batch, _logits(model, batch)
 
 
+@needs_modules_to_save_loading
 @pytest.mark.parametrize("family", ["llama", "gpt2", "deberta-v2", "bert", "t5"])
 @pytest.mark.parametrize("method", ["adp", "rep"])
 def test_load_adapter_on_a_transformers_model(tmp_path, family, method):
@@ -44,6 +53,17 @@ def test_load_adapter_on_a_transformers_model(tmp_path, family, method):
     assert isinstance(model.peft_config["mine"].peft_type, LorettaPeftType)
 
 
+@pytest.mark.parametrize("method", ["adp", "rep"])
+def test_load_adapter_of_tt_layers_alone_on_any_transformers_5(tmp_path, method):
+    """Without trained norms (or a head) nothing is in modules_to_save: this loads on transformers 5.0 too."""
+    auto, batch, expected = _trained_adapter(tmp_path, "llama", method, trainable_layer_norms=False)
+    model = auto.from_pretrained(tmp_path / "base")
+    info = model.load_adapter(tmp_path / "task_a")
+    assert not info.missing_keys and not info.unexpected_keys
+    torch.testing.assert_close(_logits(model.eval(), batch), expected, rtol=0, atol=0)
+
+
+@needs_modules_to_save_loading
 @pytest.mark.parametrize("method", ["adp", "rep"])
 def test_from_pretrained_of_an_adapter_folder(tmp_path, method):
     auto, batch, expected = _trained_adapter(tmp_path, "deberta-v2", method)
