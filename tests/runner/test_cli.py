@@ -102,7 +102,7 @@ def test_two_processes(tmp_path, kinds):
 
     task, data_dir, extra = kinds["generation"]
     torchrun = Path(sys.executable).with_name("torchrun")
-    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "loretta.run", "model=tiny-llama",
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "loretta.run", "model=tiny-llama",
                            f"task={task}", "method=lora", f"task.data_dir={data_dir}", *extra, *TINY,
                            "train.num_dev=7", "train.num_test=7", "train.eval_batch_size=2", f"output_root={tmp_path}"],
                           cwd=REPO, env={**ENV, "ACCELERATE_USE_CPU": "1"}, capture_output=True, text=True, timeout=240)

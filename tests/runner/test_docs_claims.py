@@ -93,3 +93,13 @@ def test_configs_readme_lists_every_choice_of_every_group():
         assert options <= named, (group, sorted(options - named))
         assert {w for w in named if re.fullmatch(r"[a-z0-9_.-]+", w) and w != "make"} - {"run"} <= options, \
             (group, sorted(named - options))
+
+
+def test_environment_yml_pins_what_requirements_txt_pins():
+    """environment.yml's header says it carries requirements.txt's pins: the same packages, the same versions."""
+    requirements = [line.strip() for line in (REPO / "requirements.txt").read_text().splitlines()
+                    if line.strip() and not line.startswith("#")]
+    pip_section = re.search(r"^  - pip:\n((?:      - .*\n)+)", (REPO / "environment.yml").read_text(), re.MULTILINE)
+    assert pip_section, "environment.yml has no `- pip:` list"
+    conda_pins = [line.strip()[2:] for line in pip_section.group(1).splitlines()]
+    assert conda_pins == [*requirements, "-e ."]

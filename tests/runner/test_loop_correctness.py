@@ -439,7 +439,7 @@ def test_two_processes_train_and_score_as_one(kinds, tmp_path):
             "train.eval_at_start=true", "train.lr=1e-2"]
     one = run([*args, "train.batch_size=4"], tmp_path / "one")
     torchrun = Path(sys.executable).with_name("torchrun")
-    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "loretta.run", *TINY, *args, "train.batch_size=2",
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "loretta.run", *TINY, *args, "train.batch_size=2",
                            f"output_root={tmp_path / 'two'}"], cwd=REPO, env={**ENV, "ACCELERATE_USE_CPU": "1",
                                                                              "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, timeout=240)
