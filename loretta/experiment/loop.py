@@ -158,7 +158,10 @@ def _train(cfg, accelerator, out: Path, resolved: dict) -> dict:
     if num_trainable == 0:
         raise ConfigError(f"method {cfg.method.name!r} left nothing to train in model {cfg.model.name!r}")
     if t.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # later transformers 5 releases: the other name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:  # is the deprecated alias (a FutureWarning in every run's log) where this one exists
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     # 3. features, optimizer, schedule ------------------------------------------------------
     encode = lambda fn, split: fn(spec, splits[split], tokenizer, t.max_length, keep_answer=split == "train")  # noqa: E731

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 
 import pytest
 
@@ -218,9 +219,13 @@ def test_non_finite_loss_stops_and_keeps_earlier_results(kinds, tmp_path):
 def test_training_options(kinds, tmp_path):
     """bf16 autocast, gradient accumulation, gradient checkpointing, warmup ratio, early stopping."""
     data = f"task.data_dir={kinds['classification'][1]}"
-    record = run(["model=tiny-bert", "task=sst2", "method=loretta_rep", data, "train.precision=bf16", "train.grad_accum=2",
-                  "train.gradient_checkpointing=true", "train.warmup_ratio=0.5", "train.max_steps=6",
-                  "train.eval_every=1", "train.early_stopping_patience=1", "train.lr=1e-9"], tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        record = run(["model=tiny-bert", "task=sst2", "method=loretta_rep", data, "train.precision=bf16",
+                      "train.grad_accum=2", "train.gradient_checkpointing=true", "train.warmup_ratio=0.5",
+                      "train.max_steps=6", "train.eval_every=1", "train.early_stopping_patience=1", "train.lr=1e-9"],
+                     tmp_path)
+    assert not [w for w in caught if "gradient_checkpointing_enable" in str(w.message)]  # not the deprecated name
     assert record["status"] == "completed"
     assert record["steps"] < 6  # nothing improves at lr 1e-9: stopped after one evaluation without improvement
     assert record["config"]["train"]["precision"] == "bf16"
