@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make test   install into .venv and run the test suite (offline)
-#   make run    install into .venv and run the default experiment (offline, ~6 min on 2 cores)
+#   make run    install into .venv and run the default experiment (offline, 4–8 min on 2 cores)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
