@@ -158,9 +158,11 @@ def _train(cfg, accelerator, out: Path, resolved: dict) -> dict:
     if num_trainable == 0:
         raise ConfigError(f"method {cfg.method.name!r} left nothing to train in model {cfg.model.name!r}")
     if t.gradient_checkpointing:
-        if hasattr(model, "activation_checkpointing_enable"):  # later transformers 5 releases: the other name
+        # Newer transformers 5 releases (5.23 on) name it activation checkpointing and keep the old name as
+        # a deprecated alias (a FutureWarning in every run's log); 5.0 has only the old name.
+        if hasattr(model, "activation_checkpointing_enable"):
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:  # is the deprecated alias (a FutureWarning in every run's log) where this one exists
+        else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     # 3. features, optimizer, schedule ------------------------------------------------------

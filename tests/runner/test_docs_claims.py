@@ -10,6 +10,7 @@ import re
 import shlex
 
 import pytest
+import yaml
 from omegaconf import OmegaConf, open_dict
 
 from .helpers import CONFIGS, REPO, compose
@@ -99,7 +100,6 @@ def test_environment_yml_pins_what_requirements_txt_pins():
     """environment.yml's header says it carries requirements.txt's pins: the same packages, the same versions."""
     requirements = [line.strip() for line in (REPO / "requirements.txt").read_text().splitlines()
                     if line.strip() and not line.startswith("#")]
-    pip_section = re.search(r"^  - pip:\n((?:      - .*\n)+)", (REPO / "environment.yml").read_text(), re.MULTILINE)
-    assert pip_section, "environment.yml has no `- pip:` list"
-    conda_pins = [line.strip()[2:] for line in pip_section.group(1).splitlines()]
+    dependencies = yaml.safe_load((REPO / "environment.yml").read_text())["dependencies"]
+    conda_pins = next(d["pip"] for d in dependencies if isinstance(d, dict) and "pip" in d)
     assert conda_pins == [*requirements, "-e ."]
