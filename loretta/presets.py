@@ -17,7 +17,9 @@ class FamilyPreset:
     adp_output_side: tuple[str, ...]  # adapter on the module's output (Houlsby placement)
     adp_input_side: tuple[str, ...]  # adapter on the module's input
     rep_targets: tuple[str, ...]  # LoRETTA_rep (LoRA) targets: the attention query and value
-    head_dense: str | None = None  # hidden x hidden layer of the classification head, tensorized for SEQ_CLS
+    # hidden x hidden layer of the classification head, tensorized for SEQ_CLS: a layer inside a head module
+    # (BERT's pooler.dense), or a top-level layer of its own (DistilBERT's pre_classifier)
+    head_dense: str | None = None
     # norms that stay frozen when the layer norms train: those that do not act on the activations
     frozen_norms: tuple[str, ...] = ()
 
@@ -33,6 +35,9 @@ class FamilyPreset:
 _BERT_LIKE = FamilyPreset(("output.dense",), (), ("query", "value"), "pooler.dense")
 _ROBERTA_LIKE = FamilyPreset(("output.dense",), (), ("query", "value"), "classifier.dense")
 _LLAMA_LIKE = FamilyPreset(("down_proj",), ("gate_proj", "up_proj"), ("q_proj", "v_proj"))
+# mixture-of-experts decoders: transformers 5 holds the experts as fused 3-D parameters, not linear layers,
+# so LoRETTA_adp takes Houlsby's other place, the attention output (o_proj); rep as for LLaMA
+_MOE = FamilyPreset(("o_proj",), (), ("q_proj", "v_proj"))
 # encoder-decoders: the feed-forward blocks of both stacks (as for the decoders above); rep on the query
 # and value of self- and cross-attention (PEFT LoRA's defaults for these families)
 _T5_LIKE = FamilyPreset(("DenseReluDense.wo",), ("DenseReluDense.wi", "DenseReluDense.wi_0", "DenseReluDense.wi_1"),
@@ -49,10 +54,17 @@ FAMILY_PRESETS: dict[str, FamilyPreset] = {
     # mixed-adapter batches, where each sample needs its own adapter's copy of every trained module
     "deberta-v2": FamilyPreset(("output.dense",), (), ("query_proj", "value_proj"), "pooler.dense",
                                frozen_norms=("encoder.LayerNorm",)),
+    "distilbert": FamilyPreset(("attention.out_lin", "ffn.lin2"), (), ("q_lin", "v_lin"), "pre_classifier"),
+    "electra": _ROBERTA_LIKE,
+    # pre-norm, bias-free norms; q, k, v fused in Wqkv, the gated MLP's two input projections in Wi
+    "modernbert": FamilyPreset(("attn.Wo", "mlp.Wo"), (), ("Wqkv",), "head.dense"),
     "mpnet": FamilyPreset(("attention.attn.o", "output.dense"), (), ("attn.q", "attn.v"), "classifier.dense"),
     "opt": FamilyPreset(("fc2",), ("fc1",), ("q_proj", "v_proj")),
     "gpt2": FamilyPreset(("mlp.c_proj",), ("mlp.c_fc",), ("c_attn",)),  # c_attn fuses q,k,v (Conv1D)
     "gpt_neox": FamilyPreset(("dense_4h_to_h",), ("dense_h_to_4h",), ("query_key_value",)),  # Pythia; fused q,k,v
+    "falcon": FamilyPreset(("dense_4h_to_h",), ("dense_h_to_4h",), ("query_key_value",)),  # fused q,k,v
+    "bloom": FamilyPreset(("dense_4h_to_h",), ("dense_h_to_4h",), ("query_key_value",)),  # fused q,k,v
+    "gptj": FamilyPreset(("mlp.fc_out",), ("mlp.fc_in",), ("q_proj", "v_proj")),
     "phi": FamilyPreset(("mlp.fc2",), ("mlp.fc1",), ("q_proj", "v_proj")),
     "phi3": FamilyPreset(("down_proj",), ("gate_up_proj",), ("qkv_proj",)),  # fuses q,k,v and gate,up
     "starcoder2": FamilyPreset(("mlp.c_proj",), ("mlp.c_fc",), ("q_proj", "v_proj")),
@@ -66,6 +78,13 @@ FAMILY_PRESETS: dict[str, FamilyPreset] = {
     "gemma": _LLAMA_LIKE,
     "gemma2": _LLAMA_LIKE,
     "gemma3_text": _LLAMA_LIKE,
+    "mixtral": _MOE,
+    "qwen2_moe": _MOE,  # its shared expert (linear layers) stays frozen, as the routed experts do
+    "qwen3_moe": _MOE,
+    "olmoe": _MOE,
+    "granitemoe": _MOE,
+    "phimoe": _MOE,
+    "gpt_oss": _MOE,
     "t5": _T5_LIKE,
     "mt5": _T5_LIKE,
     "bart": _BART_LIKE,

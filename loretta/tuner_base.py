@@ -64,6 +64,12 @@ def _linear_layer_keys(model: nn.Module) -> list[str]:
     return [_unwrapped_name(n) for n, m in model.named_modules() if linear_features(m) is not None]
 
 
+def _head_module(head_dense: str) -> str:
+    """The module a classification head is trained and saved as: the hidden x hidden layer's parent (BERT's
+    pooler), or the layer itself where it has none in the preset (DistilBERT's top-level pre_classifier)."""
+    return head_dense.rpartition(".")[0] or head_dense
+
+
 def _inside(name: str, modules) -> bool:
     """Whether module `name` is one of `modules` (names or dotted suffixes of names) or inside one."""
     parts = name.split(".")
@@ -164,8 +170,10 @@ class LorettaTunerBase(BaseTuner):
             self._prepare_head(peft_config, model, preset.head_dense)
         if peft_config.trainable_layer_norms:
             frozen = preset.frozen_norms if preset is not None else ()
+            # a norm inside a module trained whole (ModernBERT's head.norm) trains as part of that module's copy
+            whole = peft_config.modules_to_save or []
             norms = [n for n in norm_module_names(model)
-                     if _in_selected_layers(n, peft_config) and not name_matches(n, frozen)]
+                     if _in_selected_layers(n, peft_config) and not name_matches(n, frozen) and not _inside(n, whole)]
             self._add_modules_to_save(peft_config, norms)
             if peft_config.recompute_layer_norms:
                 # patched before PEFT copies each norm into its ModulesToSaveWrapper: the copies (the
@@ -192,7 +200,7 @@ class LorettaTunerBase(BaseTuner):
         if task_name(peft_config) in ("SEQ_CLS", "TOKEN_CLS"):
             whole += ["classifier", "score"]  # the label head, which PEFT trains whole for these tasks
         if task_name(peft_config) == "SEQ_CLS" and preset is not None and preset.head_dense:
-            whole.append(preset.head_dense.rpartition(".")[0])
+            whole.append(_head_module(preset.head_dense))
         peft_config.target_modules = sorted(n for n in peft_config.target_modules if not _inside(n, whole))
 
     def _check_targeted(self, peft_config, targeted: list[str]) -> None:
@@ -225,18 +233,20 @@ class LorettaTunerBase(BaseTuner):
         return targeted
 
     def _prepare_head(self, peft_config, model: nn.Module, head_dense: str) -> None:
-        """The head's parent (pooler / classification head) is trained and saved as a whole, as one
-        modules_to_save copy per adapter. Tensorized, the copy's hidden x hidden layer is a TT layer (the
+        """The head's parent (pooler / classification head; the layer itself where it is a top-level layer, as
+        DistilBERT's pre_classifier) is trained and saved as a whole, as one modules_to_save copy per
+        adapter. Tensorized, the copy's hidden x hidden layer is a TT layer (the
         paper's tensorized head: new Gaussian cores, as the label projection after it is new too), made
         here and put into the copy once PEFT has made it (_install_heads). The original keeps its
         pretrained layer: disable_adapter() and the "__base__" rows of a mixed batch run the model as it
         was."""
-        self._add_modules_to_save(peft_config, [head_dense.rpartition(".")[0]])
+        self._add_modules_to_save(peft_config, [_head_module(head_dense)])
         if not peft_config.tensorized_head:
             return
         for name, module in model.named_modules():
-            plain = name.replace(".original_module.", ".")  # a head another adapter already wraps
-            if ".modules_to_save." in name or type(module) is not nn.Linear or not name_matches(plain, [head_dense]):
+            plain = re.sub(r"\.original_module(?=\.|$)", "", name)  # a head another adapter already wraps
+            if (".modules_to_save." in f"{name}." or type(module) is not nn.Linear
+                    or not name_matches(plain, [head_dense])):
                 continue
             shape = resolve_tt_shape(module.in_features, module.out_features, peft_config.tt_shapes)
             tt = TTLinear(
@@ -250,15 +260,21 @@ class LorettaTunerBase(BaseTuner):
                 forward=peft_config.tt_forward,
                 dense_dtype=module.weight.dtype,
             )
-            self._heads_to_install.append((plain, tt))
+            saved_whole = "." not in head_dense  # the layer is the module saved, not a layer inside it
+            self._heads_to_install.append((plain, tt, saved_whole))
 
     def _install_heads(self, model: nn.Module, adapter_name: str) -> None:
-        for name, tt in self._heads_to_install:
-            parent_name, _, child = name.rpartition(".")
-            head_copy = model.get_submodule(parent_name).modules_to_save[adapter_name]
+        for name, tt, saved_whole in self._heads_to_install:
             # PEFT has decided whether this adapter's copy trains: the active adapter's does, one added beside
             # it (add_adapter) or loaded for inference (load_adapter, is_trainable=False) does not. The TT layer
             # follows the dense layer it replaces there; new, it would train with the frozen copy around it.
+            if saved_whole:
+                copies = model.get_submodule(name).modules_to_save
+                tt.requires_grad_(copies[adapter_name].weight.requires_grad)
+                copies[adapter_name] = tt
+                continue
+            parent_name, _, child = name.rpartition(".")
+            head_copy = model.get_submodule(parent_name).modules_to_save[adapter_name]
             tt.requires_grad_(getattr(head_copy, child).weight.requires_grad)
             setattr(head_copy, child, tt)
 

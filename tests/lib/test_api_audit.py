@@ -86,7 +86,7 @@ def test_adapters_saved_in_the_earlier_format_load_under_any_name(tmp_path, meth
     torch.testing.assert_close(_logits(loaded, batch), expected, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("family", ["bert", "deberta-v2", "llama"])
+@pytest.mark.parametrize("family", ["bert", "deberta-v2", "distilbert", "llama"])
 @pytest.mark.parametrize("method", ["adp", "rep"])
 def test_an_adapter_added_or_loaded_beside_the_active_one_trains_nothing(tmp_path, family, method):
     """PEFT's add_adapter leaves the new, inactive adapter frozen, and load_adapter(is_trainable=False)

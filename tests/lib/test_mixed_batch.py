@@ -50,8 +50,8 @@ def _each_adapter_alone(model, batch):
     return expected
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta", "deberta", "deberta-v2", "mpnet", "llama", "gpt2", "opt", "gpt_neox",
-                                    "phi3", "qwen3", "t5", "bart"])
+@pytest.mark.parametrize("family", ["bert", "roberta", "deberta", "deberta-v2", "mpnet", "distilbert", "modernbert", "llama",
+                                    "gpt2", "opt", "gpt_neox", "phi3", "qwen3", "falcon", "mixtral", "t5", "bart"])
 @pytest.mark.parametrize("method", ["adp", "rep"])
 def test_each_sample_gets_its_own_adapter_norms_and_head(family, method):
     model = _two_adapter_model(family, method)

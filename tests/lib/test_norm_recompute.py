@@ -18,7 +18,8 @@ METHODS = {
 
 
 # families whose norms are torch's fused nn.LayerNorm: nothing to gain, so nothing is recomputed
-FUSED_NORM_FAMILIES = {"bert", "roberta", "deberta-v2", "mpnet", "opt", "gpt2", "gpt_neox", "bart"}
+FUSED_NORM_FAMILIES = {"bert", "roberta", "deberta-v2", "mpnet", "distilbert", "modernbert", "opt", "gpt2", "gpt_neox",
+                       "falcon", "bart"}
 
 
 def _loss_and_grads(family, method, recompute, autocast_dtype=None):

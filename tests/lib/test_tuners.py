@@ -3,6 +3,7 @@
 import pytest
 import torch
 from peft import PeftModel
+from peft.utils import ModulesToSaveWrapper
 
 from loretta import LorettaAdpConfig, LorettaAdpLayer, LorettaRepConfig, LorettaRepLayer, TaskType, TTLinear, get_peft_model
 
@@ -107,6 +108,28 @@ def test_every_preset_family_is_tested():
     assert sorted(ALL_FAMILIES) == sorted(FAMILY_PRESETS)
 
 
+# how README.md names each preset family (model_type -> name)
+README_NAMES = {
+    "bert": "BERT", "roberta": "RoBERTa", "xlm-roberta": "XLM-R", "deberta": "DeBERTa (v1", "deberta-v2": "and v2)",
+    "mpnet": "MPNet", "distilbert": "DistilBERT", "electra": "ELECTRA", "modernbert": "ModernBERT", "opt": "OPT",
+    "gpt2": "GPT-2", "llama": "LLaMA", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3", "gemma": "Gemma 1–3",
+    "gemma2": "Gemma 1–3", "gemma3_text": "Gemma 1–3", "phi": "Phi-2", "phi3": "Phi-3", "gpt_neox": "GPT-NeoX",
+    "falcon": "Falcon", "bloom": "BLOOM", "gptj": "GPT-J", "olmo2": "OLMo-2", "granite": "Granite",
+    "smollm3": "SmolLM3", "starcoder2": "StarCoder2", "t5": "T5 (v1.0", "mt5": "mT5", "bart": "BART",
+    "mbart": "mBART", "marian": "Marian", "pegasus": "Pegasus", "mixtral": "Mixtral", "qwen2_moe": "Qwen2-MoE",
+    "qwen3_moe": "Qwen3-MoE", "olmoe": "OLMoE", "granitemoe": "GraniteMoE", "phimoe": "PhiMoE", "gpt_oss": "gpt-oss",
+}
+
+
+def test_the_readme_names_every_preset_family():
+    from pathlib import Path
+
+    readme = " ".join((Path(__file__).parents[2] / "README.md").read_text().split())
+    listed = readme[readme.index("Default placement exists for"):readme.index("(`loretta/presets.py`")]
+    assert sorted(README_NAMES) == sorted(FAMILY_PRESETS)
+    assert [t for t, name in README_NAMES.items() if name not in listed] == []
+
+
 @pytest.mark.parametrize("family", ALL_FAMILIES)
 @pytest.mark.parametrize("method", ["adp", "rep"])
 def test_default_placement_and_training_step(family, method):
@@ -135,12 +158,21 @@ def test_adapter_counts_and_sides_per_family():
     assert count("bert") == (4, ["output"])  # attention output + FFN output, 2 layers
     assert count("deberta") == (4, ["output"])
     assert count("mpnet") == (4, ["output"])
+    assert count("electra") == (4, ["output"])
+    assert count("distilbert") == (4, ["output"])  # out_lin + lin2
+    assert count("modernbert") == (6, ["output"])  # attn.Wo + mlp.Wo, 3 layers
     assert count("llama") == (6, ["input", "output"])  # gate/up input side, down output side
     assert count("opt") == (4, ["input", "output"])  # fc1 input, fc2 output
     assert count("gpt2") == (4, ["input", "output"])
     assert count("gpt_neox") == (4, ["input", "output"])  # dense_h_to_4h input, dense_4h_to_h output
     assert count("phi3") == (4, ["input", "output"])  # the fused gate_up_proj's input, down_proj's output
     assert count("qwen3") == (6, ["input", "output"])
+    assert count("falcon") == (4, ["input", "output"])  # dense_h_to_4h input, dense_4h_to_h output
+    assert count("bloom") == (4, ["input", "output"])
+    assert count("gptj") == (4, ["input", "output"])  # fc_in input, fc_out output
+    # mixture of experts: the experts are no linear layers; the attention output, 2 layers
+    assert count("mixtral") == (2, ["output"])
+    assert count("qwen2_moe") == (2, ["output"])  # not its shared expert's down_proj
     # encoder-decoders: both stacks' feed-forward blocks, 2 layers each
     assert count("t5") == (8, ["input", "output"])  # wi input, wo output
     assert count("t5-gated") == (12, ["input", "output"])  # wi_0 and wi_1 input, wo output (v1.1, FLAN-T5)
@@ -172,12 +204,44 @@ def test_encoder_decoders_classify_with_a_tensorized_head_and_generate(family, m
 @pytest.mark.parametrize(("family", "target", "out_features"), [
     ("gpt_neox", "attention.query_key_value", 3 * 64),  # the fused q, k, v of 4 heads of 16
     ("phi3", "self_attn.qkv_proj", (4 + 2 * 2) * 16),  # 4 query heads, 2 key/value heads (GQA)
+    ("falcon", "self_attention.query_key_value", (4 + 2) * 16),  # multi-query: 4 query heads, one key and value
+    ("bloom", "self_attention.query_key_value", 3 * 64),
 ])
 def test_rep_adapts_the_fused_attention_projection_whole(family, target, out_features):
     model = get_peft_model(tiny_model(family, task="CAUSAL_LM"), METHODS["rep"]("CAUSAL_LM"))
     layers = {n: m for n, m in model.named_modules() if isinstance(m, LorettaRepLayer)}
     assert len(layers) == 2 and all(n.endswith(target) for n in layers)
     assert all(m.out_features == out_features for m in layers.values())
+
+
+@pytest.mark.parametrize("method", ["adp", "rep"])
+def test_a_top_level_head_layer_is_tensorized_in_its_own_copy(method):
+    """DistilBERT's head is `pre_classifier` (hidden x hidden) then `classifier`, both top-level layers: the
+    first is tensorized and saved whole as a layer of its own; the pretrained one stays for the base model."""
+    model = get_peft_model(tiny_model("distilbert"), METHODS[method]("SEQ_CLS"))
+    wrapper = model.base_model.model.pre_classifier
+    assert isinstance(wrapper, ModulesToSaveWrapper)
+    assert isinstance(wrapper.modules_to_save["default"], TTLinear)
+    assert type(wrapper.original_module) is torch.nn.Linear and not wrapper.original_module.weight.requires_grad
+    assert all(p.requires_grad for p in wrapper.modules_to_save["default"].parameters())
+    batch = tiny_batch(model)
+    model.train()(**batch, labels=torch.tensor([0, 1])).loss.backward()
+    assert all(p.grad is not None for p in wrapper.modules_to_save["default"].parameters())
+    model.eval()
+    with torch.no_grad(), model.disable_adapter():  # the base model's forward, with its pretrained head
+        torch.testing.assert_close(model(**batch).logits, tiny_model("distilbert")(**batch).logits)
+
+
+def test_a_norm_inside_the_head_trains_as_part_of_the_head():
+    """ModernBERT's head is dense -> act -> norm: the norm trains in the head's copy, not in a second wrapper
+    nested in it (which left the copy's norm frozen and never ran the wrapped one)."""
+    model = get_peft_model(tiny_model("modernbert"), METHODS["adp"]("SEQ_CLS"))
+    head = model.base_model.model.head
+    assert not any(isinstance(m, ModulesToSaveWrapper) for m in head.modules() if m is not head)
+    batch = tiny_batch(model)
+    model.train()(**batch, labels=torch.tensor([0, 1])).loss.backward()
+    norm = head.modules_to_save["default"].norm
+    assert norm.weight.requires_grad and norm.weight.grad is not None and norm.weight.grad.abs().sum() > 0
 
 
 def test_per_head_query_and_key_norms_train_with_the_others():
@@ -210,7 +274,8 @@ def test_identity_init_unchanged_for_encoders_with_a_dense_head():
     torch.testing.assert_close(_logits(model, batch), before)
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta", "deberta", "llama", "gpt2", "t5", "bart"])
+@pytest.mark.parametrize("family", ["bert", "roberta", "deberta", "distilbert", "modernbert", "llama", "gpt2", "t5",
+                                    "bart"])
 @pytest.mark.parametrize("method", ["adp", "rep"])
 @pytest.mark.parametrize("init", ["noise_reduction", "identity"])
 def test_save_and_load_round_trip_everything_trained(tmp_path, family, method, init):

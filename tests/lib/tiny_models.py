@@ -3,17 +3,29 @@
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
-ENCODERS = ["bert", "roberta", "deberta", "deberta-v2", "mpnet"]
-# gpt_neox and phi3 fuse q, k, v into one layer (phi3 also gate and up); qwen3 normalises q and k per head
-DECODERS = ["opt", "gpt2", "gpt_neox", "phi3", "llama", "mistral", "qwen3", "gemma", "gemma3_text"]
+# distilbert: the head's hidden x hidden layer is a top-level layer (pre_classifier); modernbert: pre-norm,
+# bias-free norms, fused Wqkv and gated Wi, local and global attention
+ENCODERS = ["bert", "roberta", "deberta", "deberta-v2", "mpnet", "distilbert", "modernbert"]
+# gpt_neox and phi3 fuse q, k, v into one layer (phi3 also gate and up); qwen3 normalises q and k per head;
+# falcon runs attention and MLP in parallel from one norm, in its own FalconLinear layers
+DECODERS = ["opt", "gpt2", "gpt_neox", "phi3", "llama", "mistral", "qwen3", "gemma", "gemma3_text", "falcon"]
 FAMILIES = ENCODERS + DECODERS
 # encoder-decoders (SEQ_2_SEQ_LM); "t5" is v1.0 (one `wi`), "t5-gated" v1.1 / FLAN-T5 (`wi_0`, `wi_1`)
 SEQ2SEQ = ["t5", "bart"]
 # preset families whose architecture repeats one above: placement and a training step are tested
-SIBLING_ENCODERS = ["xlm-roberta"]
-SIBLING_DECODERS = ["qwen2", "gemma2", "granite", "smollm3", "olmo2", "phi", "starcoder2"]
+SIBLING_ENCODERS = ["xlm-roberta", "electra"]
+SIBLING_DECODERS = ["qwen2", "gemma2", "granite", "smollm3", "olmo2", "phi", "starcoder2", "bloom", "gptj"]
+# mixture-of-experts decoders: experts are fused 3-D parameters, LoRETTA_adp sits on the attention output
+MOE_DECODERS = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "phimoe", "gpt_oss"]
+MOE_EXPERTS = {  # four experts, two per token, under each family's names
+    "mixtral": dict(num_local_experts=4), "granitemoe": dict(num_local_experts=4), "phimoe": dict(num_local_experts=4),
+    "gpt_oss": dict(num_local_experts=4, layer_types=["sliding_attention", "full_attention"],
+                    max_position_embeddings=131072),  # YaRN's expected context: no rope-scaling warning
+    "qwen2_moe": dict(num_experts=4, moe_intermediate_size=32, shared_expert_intermediate_size=64),
+    "qwen3_moe": dict(num_experts=4, moe_intermediate_size=32), "olmoe": dict(num_experts=4),
+}
 SIBLING_SEQ2SEQ = ["mt5", "mbart", "marian", "pegasus"]
-ALL_FAMILIES = FAMILIES + SEQ2SEQ + SIBLING_ENCODERS + SIBLING_DECODERS + SIBLING_SEQ2SEQ
+ALL_FAMILIES = FAMILIES + SEQ2SEQ + SIBLING_ENCODERS + SIBLING_DECODERS + MOE_DECODERS + SIBLING_SEQ2SEQ
 
 
 # The released DeBERTa checkpoints use disentangled (relative-position) attention, which the configs'
@@ -31,7 +43,7 @@ DEBERTA_ATTENTION = {
 def default_task(family: str) -> str:
     if family in SEQ2SEQ + SIBLING_SEQ2SEQ or family == "t5-gated":
         return "SEQ_2_SEQ_LM"
-    return "CAUSAL_LM" if family in DECODERS + SIBLING_DECODERS else "SEQ_CLS"
+    return "CAUSAL_LM" if family in DECODERS + SIBLING_DECODERS + MOE_DECODERS else "SEQ_CLS"
 
 
 def tiny_config(model_type: str, **overrides):
@@ -46,14 +58,31 @@ def tiny_config(model_type: str, **overrides):
                   decoder_start_token_id=0, bos_token_id=0, eos_token_id=1)
     elif model_type == "gpt2":
         kw = dict(n_embd=64, n_layer=2, n_head=4, vocab_size=100, n_positions=64)
+    elif model_type == "gptj":
+        kw = dict(n_embd=64, n_layer=2, n_head=4, rotary_dim=8, vocab_size=100, n_positions=64, bos_token_id=0,
+                  eos_token_id=0)
+    elif model_type == "bloom":
+        kw = dict(hidden_size=64, n_layer=2, n_head=4, vocab_size=100, bos_token_id=0, eos_token_id=0)
+    elif model_type == "falcon":
+        kw = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=100, bos_token_id=0,
+                  eos_token_id=0)
+    elif model_type == "distilbert":
+        kw = dict(dim=64, n_layers=2, n_heads=4, hidden_dim=128, vocab_size=100, max_position_embeddings=64)
+    elif model_type == "modernbert":
+        # three layers: the first has no attention norm, the third attends locally (global every 2nd layer)
+        kw = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128, vocab_size=100,
+                  max_position_embeddings=64, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2,
+                  global_attn_every_n_layers=2, local_attention=4)
     elif model_type == "opt":
         kw = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, ffn_dim=128, word_embed_proj_dim=64,
                   vocab_size=100, max_position_embeddings=64)
     else:
         kw = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=100,
                   max_position_embeddings=64)
-        if model_type in DECODERS + SIBLING_DECODERS:
+        if model_type in DECODERS + SIBLING_DECODERS + MOE_DECODERS:
             kw.update(num_key_value_heads=2, head_dim=16)  # grouped-query attention
+        if model_type in MOE_DECODERS:
+            kw.update(num_experts_per_tok=2, **MOE_EXPERTS[model_type])
     if model_type in DEBERTA_ATTENTION:
         kw.update(DEBERTA_ATTENTION[model_type])
     if model_type in ("roberta", "xlm-roberta", "mpnet"):
