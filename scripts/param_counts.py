@@ -50,6 +50,15 @@ MODERN = {
     "Gemma-2-9B": ("CAUSAL_LM", "gemma2", dict(hidden_size=3584, intermediate_size=14336, num_hidden_layers=42,
                                                num_attention_heads=16, num_key_value_heads=8, head_dim=256,
                                                vocab_size=256000), ["q_proj", "v_proj"]),
+    "Mixtral-8x7B": ("CAUSAL_LM", "mixtral", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                                                  num_attention_heads=32, num_key_value_heads=8, num_local_experts=8,
+                                                  num_experts_per_tok=2, vocab_size=32000), ["q_proj", "v_proj"]),
+    # encoders newer than (or left out of) the paper, 2 labels
+    "ModernBERT-base": ("SEQ_CLS", "modernbert", dict(hidden_size=768, intermediate_size=1152, num_hidden_layers=22,
+                                                      num_attention_heads=12, vocab_size=50368, num_labels=2),
+                        ["Wqkv"]),
+    "DistilBERT-base": ("SEQ_CLS", "distilbert", dict(dim=768, hidden_dim=3072, n_layers=6, n_heads=12,
+                                                      vocab_size=30522, num_labels=2), ["q_lin", "v_lin"]),
     # an encoder-decoder: the adapters sit in both stacks' gated feed-forward blocks (wi_0, wi_1, wo); LoRA
     # and LoRETTA_rep on the query and value of self- and cross-attention
     "FLAN-T5-large": ("SEQ_2_SEQ_LM", "t5", dict(d_model=1024, d_ff=2816, d_kv=64, num_layers=24, num_heads=16,

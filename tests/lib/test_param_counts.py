@@ -82,6 +82,34 @@ def test_a_newer_family_at_full_size_qwen3_8b():
     assert trainable(model) == expected == 995_104
 
 
+def test_a_top_level_head_at_full_size_distilbert_base():
+    """The DistilBERT preset at distilbert-base's size, counted by hand: two adapters per layer (out_lin and
+    lin2 outputs) of TT 768x64 [8,8,12,8,8] + TT 64x768 at rank 5 (780 each) with biases 64 + 768; the
+    norms (1,536 each): the embeddings' and two per layer; the head: pre_classifier as TT 768x768
+    [8,8,12,12,8,8] (1,080) with its bias, and the 2-label classifier."""
+    cfg = AutoConfig.for_model("distilbert", dim=768, hidden_dim=3072, n_layers=6, n_heads=12, vocab_size=30522,
+                               num_labels=2)
+    adapter = 780 + 64 + 780 + 768
+    norms = (1 + 6 * 2) * 1_536
+    head = 1_080 + 768 + 768 * 2 + 2
+    model = get_peft_model(_meta(AutoModelForSequenceClassification.from_config, cfg),
+                           LorettaAdpConfig(task_type="SEQ_CLS"))
+    assert trainable(model) == 6 * 2 * adapter + norms + head == 52_058
+
+
+def test_a_mixture_of_experts_at_full_size_mixtral_8x7b():
+    """The MoE preset at Mixtral-8x7B's size, counted by hand: one adapter per layer, on o_proj's output
+    (the experts are fused 3-D parameters, not linear layers), of TT 4096x64 + TT 64x4096 at rank 5 (1,100
+    each) with biases 64 + 4,096; the norms: two of 4,096 per layer and the final one. The router and the
+    experts stay frozen."""
+    cfg = AutoConfig.for_model("mixtral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                               num_attention_heads=32, num_key_value_heads=8, num_local_experts=8,
+                               num_experts_per_tok=2, vocab_size=32000)
+    adapter = 1_100 + 64 + 1_100 + 4_096
+    model = get_peft_model(_meta(AutoModelForCausalLM.from_config, cfg), LorettaAdpConfig(task_type="CAUSAL_LM"))
+    assert trainable(model) == 32 * (adapter + 2 * 4_096) + 4_096 == 469_760
+
+
 def test_an_encoder_decoder_at_full_size_flan_t5_large():
     """The T5 preset at FLAN-T5-large's published size, counted by hand: each of the 24 encoder and 24
     decoder feed-forward blocks has three adapters (gated wi_0 / wi_1 input, wo output) of TT 1024x64
@@ -106,6 +134,6 @@ def test_the_readme_tables_are_what_the_script_prints():
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
-    assert len(rows) == 2 + 5 + 6  # two headers, the paper's five models, six newer ones
+    assert len(rows) == 2 + 5 + 9  # two headers, the paper's five models, nine newer ones
     readme = (repo / "README.md").read_text().replace("**", "")
     assert [row for row in rows if row not in readme] == []
