@@ -56,12 +56,25 @@ FAMILY_PRESETS: dict[str, FamilyPreset] = {
                                frozen_norms=("encoder.LayerNorm",)),
     "distilbert": FamilyPreset(("attention.out_lin", "ffn.lin2"), (), ("q_lin", "v_lin"), "pre_classifier"),
     "electra": _ROBERTA_LIKE,
+    "camembert": _ROBERTA_LIKE,
+    "xlm-roberta-xl": _ROBERTA_LIKE,
+    "roberta-prelayernorm": _ROBERTA_LIKE,
+    "data2vec-text": _ROBERTA_LIKE,
+    "longformer": _ROBERTA_LIKE,  # "query" / "value" are the local attention's, not query_global / value_global
+    "ernie": _BERT_LIKE,
+    "megatron-bert": _BERT_LIKE,
     # pre-norm, bias-free norms; q, k, v fused in Wqkv, the gated MLP's two input projections in Wi
     "modernbert": FamilyPreset(("attn.Wo", "mlp.Wo"), (), ("Wqkv",), "head.dense"),
     "mpnet": FamilyPreset(("attention.attn.o", "output.dense"), (), ("attn.q", "attn.v"), "classifier.dense"),
     "opt": FamilyPreset(("fc2",), ("fc1",), ("q_proj", "v_proj")),
+    "xglm": FamilyPreset(("fc2",), ("fc1",), ("q_proj", "v_proj")),
+    "biogpt": FamilyPreset(("fc2",), ("fc1",), ("q_proj", "v_proj")),
     "gpt2": FamilyPreset(("mlp.c_proj",), ("mlp.c_fc",), ("c_attn",)),  # c_attn fuses q,k,v (Conv1D)
     "gpt_neox": FamilyPreset(("dense_4h_to_h",), ("dense_h_to_4h",), ("query_key_value",)),  # Pythia; fused q,k,v
+    "persimmon": FamilyPreset(("dense_4h_to_h",), ("dense_h_to_4h",), ("query_key_value",)),  # fused q,k,v
+    "gpt_bigcode": FamilyPreset(("mlp.c_proj",), ("mlp.c_fc",), ("c_attn",)),  # StarCoder 1: GPT-2's names, nn.Linear
+    "codegen": FamilyPreset(("mlp.fc_out",), ("mlp.fc_in",), ("qkv_proj",)),  # fused q,k,v
+    "mpt": FamilyPreset(("ffn.down_proj",), ("ffn.up_proj",), ("Wqkv",)),  # fused q,k,v
     "falcon": FamilyPreset(("dense_4h_to_h",), ("dense_h_to_4h",), ("query_key_value",)),  # fused q,k,v
     "bloom": FamilyPreset(("dense_4h_to_h",), ("dense_h_to_4h",), ("query_key_value",)),  # fused q,k,v
     "gptj": FamilyPreset(("mlp.fc_out",), ("mlp.fc_in",), ("q_proj", "v_proj")),
@@ -75,6 +88,19 @@ FAMILY_PRESETS: dict[str, FamilyPreset] = {
     "qwen2": _LLAMA_LIKE,
     "qwen3": _LLAMA_LIKE,  # q_norm / k_norm inside the attention (per head; OLMo-2: whole) train like the other norms
     "olmo2": _LLAMA_LIKE,
+    "stablelm": _LLAMA_LIKE,
+    "cohere": _LLAMA_LIKE,
+    "cohere2": _LLAMA_LIKE,
+    "olmo": _LLAMA_LIKE,
+    "olmo3": _LLAMA_LIKE,
+    "exaone4": _LLAMA_LIKE,
+    "helium": _LLAMA_LIKE,
+    "seed_oss": _LLAMA_LIKE,
+    "ernie4_5": _LLAMA_LIKE,
+    "arcee": _LLAMA_LIKE,  # no gate: up_proj -> activation -> down_proj
+    "apertus": _LLAMA_LIKE,  # no gate, as Arcee
+    "glm": FamilyPreset(("down_proj",), ("gate_up_proj",), ("q_proj", "v_proj")),  # gate and up fused
+    "glm4": FamilyPreset(("down_proj",), ("gate_up_proj",), ("q_proj", "v_proj")),
     "gemma": _LLAMA_LIKE,
     "gemma2": _LLAMA_LIKE,
     "gemma3_text": _LLAMA_LIKE,
@@ -137,9 +163,3 @@ def is_norm(module: nn.Module) -> bool:
 def norm_module_names(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if name and is_norm(module)]
 
-
-def unknown_family_error(model_type: str | None, model: nn.Module, what: str) -> ValueError:
-    return ValueError(
-        f"LoRETTA has no default {what} for model_type {model_type!r} (known: {sorted(FAMILY_PRESETS)}); "
-        f"pass target_modules=[...]. This model's linear layers: {linear_layer_names(model)}"
-    )

@@ -108,26 +108,15 @@ def test_every_preset_family_is_tested():
     assert sorted(ALL_FAMILIES) == sorted(FAMILY_PRESETS)
 
 
-# how README.md names each preset family (model_type -> name)
-README_NAMES = {
-    "bert": "BERT", "roberta": "RoBERTa", "xlm-roberta": "XLM-R", "deberta": "DeBERTa (v1", "deberta-v2": "and v2)",
-    "mpnet": "MPNet", "distilbert": "DistilBERT", "electra": "ELECTRA", "modernbert": "ModernBERT", "opt": "OPT",
-    "gpt2": "GPT-2", "llama": "LLaMA", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3", "gemma": "Gemma 1–3",
-    "gemma2": "Gemma 1–3", "gemma3_text": "Gemma 1–3", "phi": "Phi-2", "phi3": "Phi-3", "gpt_neox": "GPT-NeoX",
-    "falcon": "Falcon", "bloom": "BLOOM", "gptj": "GPT-J", "olmo2": "OLMo-2", "granite": "Granite",
-    "smollm3": "SmolLM3", "starcoder2": "StarCoder2", "t5": "T5 (v1.0", "mt5": "mT5", "bart": "BART",
-    "mbart": "mBART", "marian": "Marian", "pegasus": "Pegasus", "mixtral": "Mixtral", "qwen2_moe": "Qwen2-MoE",
-    "qwen3_moe": "Qwen3-MoE", "olmoe": "OLMoE", "granitemoe": "GraniteMoE", "phimoe": "PhiMoE", "gpt_oss": "gpt-oss",
-}
-
-
-def test_the_readme_names_every_preset_family():
+def test_the_readme_shows_the_preset_table():
+    """README.md's placement table is scripts/presets_table.py's output, so it names every preset family."""
+    import runpy
     from pathlib import Path
 
-    readme = " ".join((Path(__file__).parents[2] / "README.md").read_text().split())
-    listed = readme[readme.index("Default placement exists for"):readme.index("(`loretta/presets.py`")]
-    assert sorted(README_NAMES) == sorted(FAMILY_PRESETS)
-    assert [t for t, name in README_NAMES.items() if name not in listed] == []
+    repo = Path(__file__).parents[2]
+    table = runpy.run_path(str(repo / "scripts" / "presets_table.py"))["preset_table"]()
+    assert table in (repo / "README.md").read_text()
+    assert all(f"`{model_type}`" in table for model_type in FAMILY_PRESETS)
 
 
 @pytest.mark.parametrize("family", ALL_FAMILIES)
@@ -492,14 +481,14 @@ def test_dense_adapters_baseline():
 def test_user_targets_on_an_unknown_family_and_errors_listing_linear_layers():
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    cfg = AutoConfig.for_model("biogpt", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=64, vocab_size=100)
-    with pytest.raises(ValueError, match=r"no default target modules for model_type 'biogpt'.*layers\.\*\.fc1"):
+    # Mamba: no attention, no preset
+    cfg = AutoConfig.for_model("mamba", hidden_size=32, num_hidden_layers=1, vocab_size=100, state_size=4)
+    with pytest.raises(ValueError, match=r"no default target modules for model_type 'mamba'.*layers\.\*\.mixer\.in_proj"):
         get_peft_model(AutoModelForCausalLM.from_config(cfg), LorettaAdpConfig(task_type="CAUSAL_LM"))
     model = get_peft_model(AutoModelForCausalLM.from_config(cfg),
-                           LorettaAdpConfig(task_type="CAUSAL_LM", target_modules=["fc2"], bottleneck_size=8))
+                           LorettaAdpConfig(task_type="CAUSAL_LM", target_modules=["out_proj"], bottleneck_size=8))
     assert any(isinstance(m, LorettaAdpLayer) for m in model.modules())
-    with pytest.raises(ValueError, match=r"matches none.*biogpt\.layers\.\*\.fc2"):
+    with pytest.raises(ValueError, match=r"matches none.*backbone\.layers\.\*\.mixer\.out_proj"):
         get_peft_model(AutoModelForCausalLM.from_config(cfg),
                        LorettaRepConfig(task_type="CAUSAL_LM", target_modules=["no_such_layer"]))
 

@@ -13,8 +13,11 @@ FAMILIES = ENCODERS + DECODERS
 # encoder-decoders (SEQ_2_SEQ_LM); "t5" is v1.0 (one `wi`), "t5-gated" v1.1 / FLAN-T5 (`wi_0`, `wi_1`)
 SEQ2SEQ = ["t5", "bart"]
 # preset families whose architecture repeats one above: placement and a training step are tested
-SIBLING_ENCODERS = ["xlm-roberta", "electra"]
-SIBLING_DECODERS = ["qwen2", "gemma2", "granite", "smollm3", "olmo2", "phi", "starcoder2", "bloom", "gptj"]
+SIBLING_ENCODERS = ["xlm-roberta", "electra", "camembert", "xlm-roberta-xl", "roberta-prelayernorm", "data2vec-text",
+                    "longformer", "ernie", "megatron-bert"]
+SIBLING_DECODERS = ["qwen2", "gemma2", "granite", "smollm3", "olmo2", "phi", "starcoder2", "bloom", "gptj", "stablelm",
+                    "cohere", "cohere2", "olmo", "olmo3", "exaone4", "helium", "seed_oss", "ernie4_5", "arcee", "apertus",
+                    "glm", "glm4", "xglm", "biogpt", "persimmon", "gpt_bigcode", "codegen", "mpt"]
 # mixture-of-experts decoders: experts are fused 3-D parameters, LoRETTA_adp sits on the attention output
 MOE_DECODERS = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "phimoe", "gpt_oss"]
 MOE_EXPERTS = {  # four experts, two per token, under each family's names
@@ -83,6 +86,12 @@ def tiny_config(model_type: str, **overrides):
             kw.update(num_key_value_heads=2, head_dim=16)  # grouped-query attention
         if model_type in MOE_DECODERS:
             kw.update(num_experts_per_tok=2, **MOE_EXPERTS[model_type])
+    if model_type == "longformer":
+        kw.update(attention_window=4)  # local attention over 4 tokens: the tiny batches span two windows
+    if model_type == "codegen":
+        kw.update(rotary_dim=8)  # within a head of 16
+    if model_type == "apertus":
+        kw.update(max_position_embeddings=8192)  # its rope scaling's original context
     if model_type in DEBERTA_ATTENTION:
         kw.update(DEBERTA_ATTENTION[model_type])
     if model_type in ("roberta", "xlm-roberta", "mpnet"):
