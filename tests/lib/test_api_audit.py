@@ -139,7 +139,10 @@ def test_gradient_checkpointing_gives_the_gradients_of_the_plain_model(family, m
             torch.testing.assert_close(checkpointed[name], grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+# each its own attention and cache: ALiBi (bloom, mpt), multi-query fused q,k,v (falcon, gpt_bigcode), partial
+# rotary (gptj, codegen), mixture of experts (mixtral), sliding windows and attention sinks (gpt_oss)
+@pytest.mark.parametrize("family", ["llama", "gpt2", "falcon", "bloom", "mpt", "gpt_bigcode", "gptj", "codegen", "mixtral",
+                                    "gpt_oss"])
 @pytest.mark.parametrize("method", ["adp", "rep"])
 def test_generate_with_the_adapter_and_without_it(family, method):
     model = get_peft_model(tiny_model(family, task="CAUSAL_LM"), METHODS[method]("CAUSAL_LM"))

@@ -91,7 +91,7 @@ def tiny_config(model_type: str, **overrides):
     if model_type == "codegen":
         kw.update(rotary_dim=8)  # within a head of 16
     if model_type == "apertus":
-        kw.update(max_position_embeddings=8192)  # its rope scaling's original context
+        kw.update(max_position_embeddings=16384)  # above its rope scaling's original context (8192)
     if model_type in DEBERTA_ATTENTION:
         kw.update(DEBERTA_ATTENTION[model_type])
     if model_type in ("roberta", "xlm-roberta", "mpnet"):
