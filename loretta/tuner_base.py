@@ -76,6 +76,17 @@ def _inside(name: str, modules) -> bool:
     return any(name_matches(".".join(parts[:end]), modules) for end in range(1, len(parts) + 1))
 
 
+def _excluded(name: str, exclude_modules) -> bool:
+    """PEFT's exclude_modules rule for a layer (a regex: a full match of its name; a list: the name or a dotted
+    suffix of it), applied to a norm: `exclude_modules=r".*layers\.0\..*"` keeps layer 0's norms frozen with
+    its layers."""
+    if not exclude_modules:
+        return False
+    if isinstance(exclude_modules, str):
+        return re.fullmatch(exclude_modules, name) is not None
+    return name_matches(name, exclude_modules)
+
+
 def _in_selected_layers(name: str, config) -> bool:
     """A module outside the numbered layers (embedding or final norm) always counts as selected."""
     if config.layers_to_transform is None:
@@ -173,7 +184,8 @@ class LorettaTunerBase(BaseTuner):
             # a norm inside a module trained whole (ModernBERT's head.norm) trains as part of that module's copy
             whole = peft_config.modules_to_save or []
             norms = [n for n in norm_module_names(model)
-                     if _in_selected_layers(n, peft_config) and not name_matches(n, frozen) and not _inside(n, whole)]
+                     if _in_selected_layers(n, peft_config) and not _excluded(n, peft_config.exclude_modules)
+                     and not name_matches(n, frozen) and not _inside(n, whole)]
             self._add_modules_to_save(peft_config, norms)
             if peft_config.recompute_layer_norms:
                 # patched before PEFT copies each norm into its ModulesToSaveWrapper: the copies (the

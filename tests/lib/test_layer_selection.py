@@ -73,6 +73,23 @@ def test_exclude_modules_keeps_those_layers_unadapted(method):
     assert any(".layers.1." in n for n in adapted)
 
 
+@pytest.mark.parametrize("method", ["adp", "rep"])
+def test_norms_follow_exclude_modules(method):
+    """As PEFT applies exclude_modules to each layer (a regex: a full match of the name; a list: the name or a
+    dotted suffix), so to each norm: excluding layer 0's modules keeps its norms frozen too, like the layers
+    that layers_to_transform leaves out; the other layers' and the final norm train."""
+    make, layer_cls = METHODS[method]
+    model = get_peft_model(tiny_model("llama", task="CAUSAL_LM"), make("CAUSAL_LM", exclude_modules=r".*\.layers\.0\..*"))
+    assert _layers_of(model, layer_cls) == {1}
+    norms = _trained_norms(model)
+    assert not [n for n in norms if ".layers.0." in n]
+    assert [n for n in norms if ".layers.1." in n] and "base_model.model.model.norm" in norms
+
+    model = get_peft_model(tiny_model("llama", task="CAUSAL_LM"), make("CAUSAL_LM", exclude_modules=["model.norm"]))
+    norms = _trained_norms(model)
+    assert "base_model.model.model.norm" not in norms and [n for n in norms if ".layers.0." in n]
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(layers_to_transform=[-1]), r"layers_to_transform must be a layer index or a list of them .* got \[-1\]"),
     (dict(layers_to_transform="0"), r"layers_to_transform must be .* got '0'"),
