@@ -22,6 +22,9 @@ class FamilyPreset:
     head_dense: str | None = None
     # norms that stay frozen when the layer norms train: those that do not act on the activations
     frozen_norms: tuple[str, ...] = ()
+    # multimodal models: adapters and trainable norms only inside this module (the language model); the
+    # vision tower's layers share the decoder's names (q_proj, v_proj) and stay as they are
+    within: str | None = None
 
     def present_in(self, layer_names) -> FamilyPreset:
         """The preset less the target names that match none of `layer_names` (the model's linear layers): a
@@ -38,6 +41,8 @@ _LLAMA_LIKE = FamilyPreset(("down_proj",), ("gate_proj", "up_proj"), ("q_proj", 
 # mixture-of-experts decoders: transformers 5 holds the experts as fused 3-D parameters, not linear layers,
 # so LoRETTA_adp takes Houlsby's other place, the attention output (o_proj); rep as for LLaMA
 _MOE = FamilyPreset(("o_proj",), (), ("q_proj", "v_proj"))
+# vision-language models: the text decoder (`model.language_model`) as LLaMA, the vision tower untouched
+_VLM_LLAMA_LIKE = replace(_LLAMA_LIKE, within="language_model")
 # encoder-decoders: the feed-forward blocks of both stacks (as for the decoders above); rep on the query
 # and value of self- and cross-attention (PEFT LoRA's defaults for these families)
 _T5_LIKE = FamilyPreset(("DenseReluDense.wo",), ("DenseReluDense.wi", "DenseReluDense.wi_0", "DenseReluDense.wi_1"),
@@ -111,6 +116,10 @@ FAMILY_PRESETS: dict[str, FamilyPreset] = {
     "granitemoe": _MOE,
     "phimoe": _MOE,
     "gpt_oss": _MOE,
+    "gemma3": _VLM_LLAMA_LIKE,  # Gemma 3 4B and larger (1B is gemma3_text)
+    "llava": _VLM_LLAMA_LIKE,
+    "mistral3": _VLM_LLAMA_LIKE,
+    "qwen2_5_vl": _VLM_LLAMA_LIKE,
     "t5": _T5_LIKE,
     "mt5": _T5_LIKE,
     "bart": _BART_LIKE,

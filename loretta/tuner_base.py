@@ -174,7 +174,14 @@ class LorettaTunerBase(BaseTuner):
                     f"{sorted(FAMILY_PRESETS)}. Pass target_modules=[...] chosen from this model's linear layers: "
                     f"{linear_layer_names(model)}"
                 )
-            self._default_targets(preset.present_in(_linear_layer_keys(model)), peft_config)
+            keys = _linear_layer_keys(model)
+            if preset.within:
+                keys = [k for k in keys if _inside(k, [preset.within])]
+            self._default_targets(preset.present_in(keys), peft_config)
+            if preset.within:
+                # the preset's names also name layers outside the scope (a vision tower's q_proj): its own
+                # layers by full name, as PEFT's list matching has no "inside"
+                peft_config.target_modules = [k for k in keys if name_matches(k, peft_config.target_modules)]
         self._check_targeted(peft_config, self._check_targets_exist(peft_config, model))
         keep_4bit_training_layout(model)
         if task_name(peft_config) == "SEQ_CLS" and preset is not None and preset.head_dense:
@@ -183,9 +190,10 @@ class LorettaTunerBase(BaseTuner):
             frozen = preset.frozen_norms if preset is not None else ()
             # a norm inside a module trained whole (ModernBERT's head.norm) trains as part of that module's copy
             whole = peft_config.modules_to_save or []
+            scope = [preset.within] if preset is not None and preset.within else None
             norms = [n for n in norm_module_names(model)
                      if _in_selected_layers(n, peft_config) and not _excluded(n, peft_config.exclude_modules)
-                     and not name_matches(n, frozen) and not _inside(n, whole)]
+                     and not name_matches(n, frozen) and not _inside(n, whole) and (scope is None or _inside(n, scope))]
             self._add_modules_to_save(peft_config, norms)
             if peft_config.recompute_layer_norms:
                 # patched before PEFT copies each norm into its ModulesToSaveWrapper: the copies (the

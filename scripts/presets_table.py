@@ -24,7 +24,8 @@ def preset_table() -> str:
              "(SEQ_CLS) | norms kept frozen |",
              "|---|---|---|---|---|---|"]
     for preset, model_types in rows.items():
-        lines.append(f"| {', '.join(f'`{t}`' for t in model_types)} | {_names(preset.adp_output_side)} | "
+        scope = f" (inside `{preset.within}` only)" if preset.within else ""
+        lines.append(f"| {', '.join(f'`{t}`' for t in model_types)}{scope} | {_names(preset.adp_output_side)} | "
                      f"{_names(preset.adp_input_side)} | {_names(preset.rep_targets)} | {_names(preset.head_dense)} | "
                      f"{_names(preset.frozen_norms)} |")
     return "\n".join(lines)

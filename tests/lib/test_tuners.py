@@ -9,7 +9,7 @@ from loretta import LorettaAdpConfig, LorettaAdpLayer, LorettaRepConfig, Loretta
 
 from loretta.presets import FAMILY_PRESETS
 
-from .tiny_models import ALL_FAMILIES, DECODERS, SEQ2SEQ, default_task, tiny_batch, tiny_model
+from .tiny_models import ALL_FAMILIES, DECODERS, SEQ2SEQ, VLM_DECODERS, default_task, tiny_batch, tiny_model
 
 METHODS = {
     "adp": lambda task, **kw: LorettaAdpConfig(task_type=task, tensor_rank=3, bottleneck_size=8, **kw),
@@ -231,6 +231,38 @@ def test_a_norm_inside_the_head_trains_as_part_of_the_head():
     model.train()(**batch, labels=torch.tensor([0, 1])).loss.backward()
     norm = head.modules_to_save["default"].norm
     assert norm.weight.requires_grad and norm.weight.grad is not None and norm.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("family", VLM_DECODERS)
+@pytest.mark.parametrize("method", ["adp", "rep"])
+def test_vision_language_models_adapt_the_language_model_only(tmp_path, family, method):
+    """The vision tower's layers share the decoder's names (q_proj, v_proj, ...) and it has norms of its own:
+    LoRETTA goes into `language_model` only, and the tower and projector stay frozen and untouched."""
+    model = get_peft_model(tiny_model(family, task="CAUSAL_LM"), METHODS[method]("CAUSAL_LM"))
+    adapted = [n for n, m in model.named_modules() if isinstance(m, LAYER_CLS[method])]
+    assert adapted and all(".language_model." in n for n in adapted)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("norm" in n for n in trainable) and all(".language_model." in n for n in trainable)
+    _perturb_adapters(model)
+    batch = tiny_batch(model)
+    expected = _logits(model, batch)
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(tiny_model(family, task="CAUSAL_LM"), tmp_path)
+    torch.testing.assert_close(_logits(loaded, batch), expected, rtol=0, atol=0)
+
+
+def test_a_vision_language_model_still_reads_images():
+    base = tiny_model("gemma3", task="CAUSAL_LM")
+    torch.nn.init.normal_(base.model.multi_modal_projector.mm_input_projection_weight)  # from_config: zeros
+    model = get_peft_model(base, METHODS["adp"]("CAUSAL_LM"))
+    _perturb_adapters(model)
+    ids = torch.tensor([[5, 297] + [299] * 4 + [298, 6, 7]])  # text, <start of image>, 4 image tokens, <end>, text
+    pixels, other = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32)
+    with torch.no_grad():  # the image reaches the adapted model's output
+        assert not torch.allclose(model.eval()(input_ids=ids, pixel_values=pixels).logits,
+                                  model(input_ids=ids, pixel_values=other).logits)
+    model.train()(input_ids=ids, pixel_values=pixels, labels=ids, token_type_ids=(ids == 299).long()).loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
 def test_per_head_query_and_key_norms_train_with_the_others():

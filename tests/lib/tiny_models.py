@@ -1,7 +1,8 @@
 """Tiny models of every supported family, built from configs (no weights, no Hub)."""
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoModelForSeq2SeqLM,
+                          AutoModelForSequenceClassification)
 
 # distilbert: the head's hidden x hidden layer is a top-level layer (pre_classifier); modernbert: pre-norm,
 # bias-free norms, fused Wqkv and gated Wi, local and global attention
@@ -28,7 +29,9 @@ MOE_EXPERTS = {  # four experts, two per token, under each family's names
     "qwen3_moe": dict(num_experts=4, moe_intermediate_size=32), "olmoe": dict(num_experts=4),
 }
 SIBLING_SEQ2SEQ = ["mt5", "mbart", "marian", "pegasus"]
-ALL_FAMILIES = FAMILIES + SEQ2SEQ + SIBLING_ENCODERS + SIBLING_DECODERS + MOE_DECODERS + SIBLING_SEQ2SEQ
+# vision-language models (text in, text out here): LoRETTA goes into the language model only
+VLM_DECODERS = ["gemma3", "llava", "mistral3", "qwen2_5_vl"]
+ALL_FAMILIES = FAMILIES + SEQ2SEQ + SIBLING_ENCODERS + SIBLING_DECODERS + MOE_DECODERS + VLM_DECODERS + SIBLING_SEQ2SEQ
 
 
 # The released DeBERTa checkpoints use disentangled (relative-position) attention, which the configs'
@@ -46,10 +49,35 @@ DEBERTA_ATTENTION = {
 def default_task(family: str) -> str:
     if family in SEQ2SEQ + SIBLING_SEQ2SEQ or family == "t5-gated":
         return "SEQ_2_SEQ_LM"
-    return "CAUSAL_LM" if family in DECODERS + SIBLING_DECODERS + MOE_DECODERS else "SEQ_CLS"
+    return "CAUSAL_LM" if family in DECODERS + SIBLING_DECODERS + MOE_DECODERS + VLM_DECODERS else "SEQ_CLS"
+
+
+def _vlm_config(model_type: str):
+    """A 2-layer LLaMA-like text decoder (vocabulary 300: the tiny batches' ids stay below the image tokens)
+    beside a 1-layer vision tower."""
+    text = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                intermediate_size=128, vocab_size=300, max_position_embeddings=256)
+    vision = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32,
+                  patch_size=8)
+    kw = {
+        "gemma3": dict(text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=299,
+                       boi_token_index=297, eoi_token_index=298),
+        "llava": dict(text_config=dict(text, model_type="llama"), vision_config=dict(vision, model_type="clip_vision_model"),
+                      image_token_index=299),
+        "mistral3": dict(text_config=dict(text, model_type="mistral"),
+                         vision_config=dict(vision, model_type="pixtral", head_dim=16), image_token_index=299),
+        "qwen2_5_vl": dict(text_config=dict(text, rope_parameters=dict(rope_type="default", rope_theta=10000.0,
+                                                                       mrope_section=[2, 3, 3])),  # a head of 16
+                           vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2,
+                                                                out_hidden_size=64),
+                           image_token_id=299, video_token_id=298, vision_start_token_id=297),
+    }[model_type]
+    return AutoConfig.for_model(model_type, **kw)
 
 
 def tiny_config(model_type: str, **overrides):
+    if model_type in VLM_DECODERS:
+        return _vlm_config(model_type)
     if model_type in ("t5", "mt5", "t5-gated"):
         kw = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, vocab_size=100, decoder_start_token_id=0)
         if model_type == "t5-gated":
@@ -110,6 +138,8 @@ def tiny_model(model_type: str, task: str = "SEQ_CLS", seed: int = 0, **override
         model = AutoModelForSequenceClassification.from_config(config)
     elif task == "SEQ_2_SEQ_LM":
         model = AutoModelForSeq2SeqLM.from_config(config)
+    elif model_type in VLM_DECODERS:
+        model = AutoModelForImageTextToText.from_config(config)
     else:
         model = AutoModelForCausalLM.from_config(config)
     return model.eval()
@@ -123,4 +153,6 @@ def tiny_batch(model, batch: int = 2, length: int = 8, seed: int = 1):
         ids[:, -1] = model.config.eos_token_id
         decoder_ids = torch.cat([torch.full((batch, 1), model.config.decoder_start_token_id), ids[:, :-1]], dim=1)
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "decoder_input_ids": decoder_ids}
+    if model.config.model_type == "gemma3":  # which tokens are image tokens: transformers 5.0 asks for it in training
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
