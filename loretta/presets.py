@@ -43,6 +43,7 @@ _LLAMA_LIKE = FamilyPreset(("down_proj",), ("gate_proj", "up_proj"), ("q_proj", 
 _MOE = FamilyPreset(("o_proj",), (), ("q_proj", "v_proj"))
 # vision-language models: the text decoder (`model.language_model`) as LLaMA, the vision tower untouched
 _VLM_LLAMA_LIKE = replace(_LLAMA_LIKE, within="language_model")
+_IDEFICS_LIKE = replace(_LLAMA_LIKE, within="text_model")  # Idefics3 / SmolVLM name theirs `model.text_model`
 # encoder-decoders: the feed-forward blocks of both stacks (as for the decoders above); rep on the query
 # and value of self- and cross-attention (PEFT LoRA's defaults for these families)
 _T5_LIKE = FamilyPreset(("DenseReluDense.wo",), ("DenseReluDense.wi", "DenseReluDense.wi_0", "DenseReluDense.wi_1"),
@@ -120,6 +121,13 @@ FAMILY_PRESETS: dict[str, FamilyPreset] = {
     "llava": _VLM_LLAMA_LIKE,
     "mistral3": _VLM_LLAMA_LIKE,
     "qwen2_5_vl": _VLM_LLAMA_LIKE,
+    "qwen2_vl": _VLM_LLAMA_LIKE,
+    "qwen3_vl": _VLM_LLAMA_LIKE,
+    "paligemma": _VLM_LLAMA_LIKE,
+    "llava_next": _VLM_LLAMA_LIKE,
+    "llava_onevision": _VLM_LLAMA_LIKE,
+    "idefics3": _IDEFICS_LIKE,
+    "smolvlm": _IDEFICS_LIKE,
     "t5": _T5_LIKE,
     "mt5": _T5_LIKE,
     "bart": _BART_LIKE,

@@ -237,12 +237,14 @@ def test_a_norm_inside_the_head_trains_as_part_of_the_head():
 @pytest.mark.parametrize("method", ["adp", "rep"])
 def test_vision_language_models_adapt_the_language_model_only(tmp_path, family, method):
     """The vision tower's layers share the decoder's names (q_proj, v_proj, ...) and it has norms of its own:
-    LoRETTA goes into `language_model` only, and the tower and projector stay frozen and untouched."""
+    LoRETTA goes into the language model only (`language_model`; Idefics3's and SmolVLM's `text_model`), and
+    the tower and projector stay frozen and untouched."""
+    scope = f".{FAMILY_PRESETS[family].within}."
     model = get_peft_model(tiny_model(family, task="CAUSAL_LM"), METHODS[method]("CAUSAL_LM"))
     adapted = [n for n, m in model.named_modules() if isinstance(m, LAYER_CLS[method])]
-    assert adapted and all(".language_model." in n for n in adapted)
+    assert adapted and all(scope in n for n in adapted)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert any("norm" in n for n in trainable) and all(".language_model." in n for n in trainable)
+    assert any("norm" in n for n in trainable) and all(scope in n for n in trainable)
     _perturb_adapters(model)
     batch = tiny_batch(model)
     expected = _logits(model, batch)

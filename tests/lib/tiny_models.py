@@ -30,7 +30,8 @@ MOE_EXPERTS = {  # four experts, two per token, under each family's names
 }
 SIBLING_SEQ2SEQ = ["mt5", "mbart", "marian", "pegasus"]
 # vision-language models (text in, text out here): LoRETTA goes into the language model only
-VLM_DECODERS = ["gemma3", "llava", "mistral3", "qwen2_5_vl"]
+VLM_DECODERS = ["gemma3", "llava", "mistral3", "qwen2_5_vl", "qwen2_vl", "qwen3_vl", "paligemma", "llava_next",
+                "llava_onevision", "idefics3", "smolvlm"]
 ALL_FAMILIES = FAMILIES + SEQ2SEQ + SIBLING_ENCODERS + SIBLING_DECODERS + MOE_DECODERS + VLM_DECODERS + SIBLING_SEQ2SEQ
 
 
@@ -59,6 +60,8 @@ def _vlm_config(model_type: str):
                 intermediate_size=128, vocab_size=300, max_position_embeddings=256)
     vision = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32,
                   patch_size=8)
+    mrope = dict(text, rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 3, 3]))  # a head of 16
+    qwen_tokens = dict(image_token_id=299, video_token_id=298, vision_start_token_id=297)
     kw = {
         "gemma3": dict(text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=299,
                        boi_token_index=297, eoi_token_index=298),
@@ -66,11 +69,22 @@ def _vlm_config(model_type: str):
                       image_token_index=299),
         "mistral3": dict(text_config=dict(text, model_type="mistral"),
                          vision_config=dict(vision, model_type="pixtral", head_dim=16), image_token_index=299),
-        "qwen2_5_vl": dict(text_config=dict(text, rope_parameters=dict(rope_type="default", rope_theta=10000.0,
-                                                                       mrope_section=[2, 3, 3])),  # a head of 16
-                           vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2,
-                                                                out_hidden_size=64),
-                           image_token_id=299, video_token_id=298, vision_start_token_id=297),
+        "qwen2_5_vl": dict(text_config=mrope, vision_config=dict(depth=1, hidden_size=32, intermediate_size=64,
+                                                                 num_heads=2, out_hidden_size=64), **qwen_tokens),
+        "qwen2_vl": dict(text_config=mrope, vision_config=dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2,
+                                                               mlp_ratio=2), **qwen_tokens),
+        "qwen3_vl": dict(text_config=mrope, vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2,
+                                                               out_hidden_size=64, deepstack_visual_indexes=[0]),
+                         **qwen_tokens),
+        "paligemma": dict(text_config=dict(text, model_type="gemma"), vision_config=dict(vision, model_type="siglip_vision_model"),
+                          image_token_index=299, projection_dim=64),
+        "llava_next": dict(text_config=dict(text, model_type="llama"), vision_config=dict(vision, model_type="clip_vision_model"),
+                           image_token_index=299, image_grid_pinpoints=[[32, 32]]),
+        "llava_onevision": dict(text_config=dict(text, model_type="qwen2"),
+                                vision_config=dict(vision, model_type="siglip_vision_model"), image_token_index=299,
+                                image_grid_pinpoints=[[32, 32]]),
+        "idefics3": dict(text_config=dict(text, model_type="llama"), vision_config=vision, image_token_id=299, scale_factor=2),
+        "smolvlm": dict(text_config=dict(text, model_type="llama"), vision_config=vision, image_token_id=299, scale_factor=2),
     }[model_type]
     return AutoConfig.for_model(model_type, **kw)
 
@@ -153,6 +167,6 @@ def tiny_batch(model, batch: int = 2, length: int = 8, seed: int = 1):
         ids[:, -1] = model.config.eos_token_id
         decoder_ids = torch.cat([torch.full((batch, 1), model.config.decoder_start_token_id), ids[:, :-1]], dim=1)
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "decoder_input_ids": decoder_ids}
-    if model.config.model_type == "gemma3":  # which tokens are image tokens: transformers 5.0 asks for it in training
+    if model.config.model_type in ("gemma3", "paligemma"):  # which tokens are image tokens (asked for in training)
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
