@@ -16,9 +16,9 @@ SEQ2SEQ = ["t5", "bart"]
 # preset families whose architecture repeats one above: placement and a training step are tested
 SIBLING_ENCODERS = ["xlm-roberta", "electra", "camembert", "xlm-roberta-xl", "roberta-prelayernorm", "data2vec-text",
                     "longformer", "ernie", "megatron-bert"]
-SIBLING_DECODERS = ["qwen2", "gemma2", "granite", "smollm3", "olmo2", "phi", "starcoder2", "bloom", "gptj", "stablelm",
-                    "cohere", "cohere2", "olmo", "olmo3", "exaone4", "helium", "seed_oss", "ernie4_5", "arcee", "apertus",
-                    "glm", "glm4", "xglm", "biogpt", "persimmon", "gpt_bigcode", "codegen", "mpt"]
+SIBLING_DECODERS = ["qwen2", "gemma2", "granite", "smollm3", "olmo2", "phi", "starcoder2", "bloom", "gptj",
+                    "stablelm", "cohere", "cohere2", "olmo", "olmo3", "exaone4", "helium", "seed_oss", "ernie4_5",
+                    "arcee", "apertus", "glm", "glm4", "xglm", "biogpt", "persimmon", "gpt_bigcode", "codegen", "mpt"]
 # mixture-of-experts decoders: experts are fused 3-D parameters, LoRETTA_adp sits on the attention output
 MOE_DECODERS = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "phimoe", "gpt_oss"]
 MOE_EXPERTS = {  # four experts, two per token, under each family's names
@@ -60,31 +60,32 @@ def _vlm_config(model_type: str):
                 intermediate_size=128, vocab_size=300, max_position_embeddings=256)
     vision = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32,
                   patch_size=8)
-    mrope = dict(text, rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 3, 3]))  # a head of 16
+    # Qwen's multimodal rotary sections, for a head of 16
+    mrope = dict(text, rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 3, 3]))
     qwen_tokens = dict(image_token_id=299, video_token_id=298, vision_start_token_id=297)
+    clip, siglip = dict(vision, model_type="clip_vision_model"), dict(vision, model_type="siglip_vision_model")
+    llama_text = dict(text, model_type="llama")
     kw = {
         "gemma3": dict(text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=299,
                        boi_token_index=297, eoi_token_index=298),
-        "llava": dict(text_config=dict(text, model_type="llama"), vision_config=dict(vision, model_type="clip_vision_model"),
-                      image_token_index=299),
+        "paligemma": dict(text_config=dict(text, model_type="gemma"), vision_config=siglip, image_token_index=299,
+                          projection_dim=64),
+        "llava": dict(text_config=llama_text, vision_config=clip, image_token_index=299),
+        "llava_next": dict(text_config=llama_text, vision_config=clip, image_token_index=299,
+                           image_grid_pinpoints=[[32, 32]]),
+        "llava_onevision": dict(text_config=dict(text, model_type="qwen2"), vision_config=siglip,
+                                image_token_index=299, image_grid_pinpoints=[[32, 32]]),
         "mistral3": dict(text_config=dict(text, model_type="mistral"),
                          vision_config=dict(vision, model_type="pixtral", head_dim=16), image_token_index=299),
-        "qwen2_5_vl": dict(text_config=mrope, vision_config=dict(depth=1, hidden_size=32, intermediate_size=64,
-                                                                 num_heads=2, out_hidden_size=64), **qwen_tokens),
         "qwen2_vl": dict(text_config=mrope, vision_config=dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2,
                                                                mlp_ratio=2), **qwen_tokens),
-        "qwen3_vl": dict(text_config=mrope, vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2,
-                                                               out_hidden_size=64, deepstack_visual_indexes=[0]),
-                         **qwen_tokens),
-        "paligemma": dict(text_config=dict(text, model_type="gemma"), vision_config=dict(vision, model_type="siglip_vision_model"),
-                          image_token_index=299, projection_dim=64),
-        "llava_next": dict(text_config=dict(text, model_type="llama"), vision_config=dict(vision, model_type="clip_vision_model"),
-                           image_token_index=299, image_grid_pinpoints=[[32, 32]]),
-        "llava_onevision": dict(text_config=dict(text, model_type="qwen2"),
-                                vision_config=dict(vision, model_type="siglip_vision_model"), image_token_index=299,
-                                image_grid_pinpoints=[[32, 32]]),
-        "idefics3": dict(text_config=dict(text, model_type="llama"), vision_config=vision, image_token_id=299, scale_factor=2),
-        "smolvlm": dict(text_config=dict(text, model_type="llama"), vision_config=vision, image_token_id=299, scale_factor=2),
+        "qwen2_5_vl": dict(text_config=mrope, vision_config=dict(depth=1, hidden_size=32, intermediate_size=64,
+                                                                 num_heads=2, out_hidden_size=64), **qwen_tokens),
+        "qwen3_vl": dict(text_config=mrope, vision_config=dict(depth=1, hidden_size=32, intermediate_size=64,
+                                                               num_heads=2, out_hidden_size=64,
+                                                               deepstack_visual_indexes=[0]), **qwen_tokens),
+        "idefics3": dict(text_config=llama_text, vision_config=vision, image_token_id=299, scale_factor=2),
+        "smolvlm": dict(text_config=llama_text, vision_config=vision, image_token_id=299, scale_factor=2),
     }[model_type]
     return AutoConfig.for_model(model_type, **kw)
 
