@@ -38,6 +38,10 @@ class FamilyPreset:
 _BERT_LIKE = FamilyPreset(("output.dense",), (), ("query", "value"), "pooler.dense")
 _ROBERTA_LIKE = FamilyPreset(("output.dense",), (), ("query", "value"), "classifier.dense")
 _LLAMA_LIKE = FamilyPreset(("down_proj",), ("gate_proj", "up_proj"), ("q_proj", "v_proj"))
+_GLM_LIKE = FamilyPreset(("down_proj",), ("gate_up_proj",), ("q_proj", "v_proj"))  # gate and up fused
+_OPT_LIKE = FamilyPreset(("fc2",), ("fc1",), ("q_proj", "v_proj"))
+_GPT2_LIKE = FamilyPreset(("mlp.c_proj",), ("mlp.c_fc",), ("c_attn",))  # c_attn fuses q,k,v
+_GPT_NEOX_LIKE = FamilyPreset(("dense_4h_to_h",), ("dense_h_to_4h",), ("query_key_value",))  # fused q,k,v
 # mixture-of-experts decoders: transformers 5 holds the experts as fused 3-D parameters, not linear layers,
 # so LoRETTA_adp takes Houlsby's other place, the attention output (o_proj); rep as for LLaMA
 _MOE = FamilyPreset(("o_proj",), (), ("q_proj", "v_proj"))
@@ -72,17 +76,17 @@ FAMILY_PRESETS: dict[str, FamilyPreset] = {
     # pre-norm, bias-free norms; q, k, v fused in Wqkv, the gated MLP's two input projections in Wi
     "modernbert": FamilyPreset(("attn.Wo", "mlp.Wo"), (), ("Wqkv",), "head.dense"),
     "mpnet": FamilyPreset(("attention.attn.o", "output.dense"), (), ("attn.q", "attn.v"), "classifier.dense"),
-    "opt": FamilyPreset(("fc2",), ("fc1",), ("q_proj", "v_proj")),
-    "xglm": FamilyPreset(("fc2",), ("fc1",), ("q_proj", "v_proj")),
-    "biogpt": FamilyPreset(("fc2",), ("fc1",), ("q_proj", "v_proj")),
-    "gpt2": FamilyPreset(("mlp.c_proj",), ("mlp.c_fc",), ("c_attn",)),  # c_attn fuses q,k,v (Conv1D)
-    "gpt_neox": FamilyPreset(("dense_4h_to_h",), ("dense_h_to_4h",), ("query_key_value",)),  # Pythia; fused q,k,v
-    "persimmon": FamilyPreset(("dense_4h_to_h",), ("dense_h_to_4h",), ("query_key_value",)),  # fused q,k,v
-    "gpt_bigcode": FamilyPreset(("mlp.c_proj",), ("mlp.c_fc",), ("c_attn",)),  # StarCoder 1: GPT-2's names, nn.Linear
+    "opt": _OPT_LIKE,
+    "xglm": _OPT_LIKE,
+    "biogpt": _OPT_LIKE,
+    "gpt2": _GPT2_LIKE,  # Conv1D layers
+    "gpt_neox": _GPT_NEOX_LIKE,  # Pythia
+    "persimmon": _GPT_NEOX_LIKE,
+    "gpt_bigcode": _GPT2_LIKE,  # StarCoder 1: GPT-2's names, as nn.Linear
     "codegen": FamilyPreset(("mlp.fc_out",), ("mlp.fc_in",), ("qkv_proj",)),  # fused q,k,v
     "mpt": FamilyPreset(("ffn.down_proj",), ("ffn.up_proj",), ("Wqkv",)),  # fused q,k,v
-    "falcon": FamilyPreset(("dense_4h_to_h",), ("dense_h_to_4h",), ("query_key_value",)),  # fused q,k,v
-    "bloom": FamilyPreset(("dense_4h_to_h",), ("dense_h_to_4h",), ("query_key_value",)),  # fused q,k,v
+    "falcon": _GPT_NEOX_LIKE,
+    "bloom": _GPT_NEOX_LIKE,
     "gptj": FamilyPreset(("mlp.fc_out",), ("mlp.fc_in",), ("q_proj", "v_proj")),
     "phi": FamilyPreset(("mlp.fc2",), ("mlp.fc1",), ("q_proj", "v_proj")),
     "phi3": FamilyPreset(("down_proj",), ("gate_up_proj",), ("qkv_proj",)),  # fuses q,k,v and gate,up
@@ -105,8 +109,8 @@ FAMILY_PRESETS: dict[str, FamilyPreset] = {
     "ernie4_5": _LLAMA_LIKE,
     "arcee": _LLAMA_LIKE,  # no gate: up_proj -> activation -> down_proj
     "apertus": _LLAMA_LIKE,  # no gate, as Arcee
-    "glm": FamilyPreset(("down_proj",), ("gate_up_proj",), ("q_proj", "v_proj")),  # gate and up fused
-    "glm4": FamilyPreset(("down_proj",), ("gate_up_proj",), ("q_proj", "v_proj")),
+    "glm": _GLM_LIKE,
+    "glm4": _GLM_LIKE,
     "gemma": _LLAMA_LIKE,
     "gemma2": _LLAMA_LIKE,
     "gemma3_text": _LLAMA_LIKE,

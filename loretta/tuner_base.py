@@ -174,9 +174,7 @@ class LorettaTunerBase(BaseTuner):
                     f"{sorted(FAMILY_PRESETS)}. Pass target_modules=[...] chosen from this model's linear layers: "
                     f"{linear_layer_names(model)}"
                 )
-            keys = _linear_layer_keys(model)
-            if preset.within:
-                keys = [k for k in keys if _inside(k, [preset.within])]
+            keys = [k for k in _linear_layer_keys(model) if not preset.within or _inside(k, [preset.within])]
             self._default_targets(preset.present_in(keys), peft_config)
             if preset.within:
                 # the preset's names also name layers outside the scope (a vision tower's q_proj): its own
