@@ -11,9 +11,12 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_methods.py"
 
 def test_bench_methods_prints_a_row_per_method(tmp_path):
     out = tmp_path / "bench.json"
+    # one worker process per round: a process per method (the CPU default) would start ten processes
+    # (test_device_paths checks that grouping with a stand-in worker)
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--preset", "tiny-cpu", "--rounds", "2", "--steps", "1", "--warmup", "0",
-         "--methods", "floor", "lora", "ia3", "loretta_adp", "loretta_rep", "--out", str(out)],
+         "--per-process", "round", "--methods", "floor", "lora", "ia3", "loretta_adp", "loretta_rep",
+         "--out", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -58,12 +61,12 @@ def test_activation_memory_renders_what_the_bench_measured(tmp_path):
 def test_activation_memory_breaks_the_saved_bytes_down_by_module_type():
     proc = subprocess.run(
         [sys.executable, str(SCRIPT.parent / "activation_memory.py"), "--preset", "tiny-cpu",
-         "--methods", "floor", "lora", "loretta_adp"], capture_output=True, text=True, timeout=600)
+         "--methods", "floor", "loretta_adp"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
-    assert "| module type | floor | lora | loretta_adp |" in lines
+    assert "| module type | floor | loretta_adp |" in lines
     tt_row = next(line for line in lines if line.startswith("| TTLinear |"))
-    assert tt_row.split("|")[2].strip() == "—" and tt_row.split("|")[4].strip() != "—"  # only LoRETTA has TT layers
+    assert tt_row.split("|")[2].strip() == "—" and tt_row.split("|")[3].strip() != "—"  # only LoRETTA has TT layers
     assert lines[-1].startswith("| **total** |")
 
 
@@ -176,7 +179,7 @@ def test_bench_generate_prints_a_row_per_method_and_refuses_bad_arguments(tmp_pa
     script = SCRIPT.parent / "bench_generate.py"
     out = tmp_path / "generate.json"
     proc = subprocess.run([sys.executable, str(script), "--preset", "tiny-cpu", "--rounds", "1", "--steps", "1",
-                           "--prompt-length", "8", "--new-tokens", "3", "--out", str(out),
+                           "--prompt-length", "8", "--new-tokens", "3", "--per-process", "round", "--out", str(out),
                            "--methods", "base", "lora", "loretta_adp", "loretta_rep_merged"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -10,6 +10,7 @@
   others their rows, and the time limit.
 """
 
+import argparse
 import json
 import sys
 import textwrap
@@ -205,6 +206,20 @@ def test_a_worker_that_dies_costs_only_the_method_it_was_measuring(tmp_path):
     bench.run_worker_group(str(script), [], ["a", "b"], records.append, "test", stop_at=time.time() + 5,
                            expected={"a": 60, "b": 60})
     assert records == [{"method": "a", "skipped": "time limit"}, {"method": "b", "skipped": "time limit"}]
+
+
+@pytest.mark.parametrize("per_process", ["method", "round"])
+def test_rounds_interleave_the_methods_in_a_process_per_method_or_per_round(tmp_path, per_process):
+    """On a CPU each method runs in a process of its own (peak RSS is per process); on a GPU a round's
+    methods share one (a process start costs more than a model build there)."""
+    script = tmp_path / "worker.py"
+    script.write_text(FAKE_WORKER.format(scripts=str(SCRIPTS)))
+    args = argparse.Namespace(rounds=2, methods=["a", "b", "c"], per_process=per_process, time_limit=None)
+    seen = []
+    bench.rounds_of_workers(args, str(script), lambda round_index: [], lambda i, r: seen.append((i, r)), "test")
+    assert [(i, r["method"]) for i, r in seen] == [(0, "a"), (0, "b"), (0, "c"), (1, "a"), (1, "b"), (1, "c")]
+    pids = [r["pid"] for _, r in seen]
+    assert len(set(pids)) == (6 if per_process == "method" else 2)
 
 
 def test_rows_show_what_was_not_measured_and_compare_rounds_that_both_ran():
