@@ -73,7 +73,9 @@ def _per_sample_wrapper_forward(wrapper: ModulesToSaveWrapper, *args, adapter_na
     out = None
     for name, index in sub_batches(x, adapter_names, type(wrapper.original_module).__name__):
         module = wrapper.modules_to_save[name] if name in wrapper.modules_to_save else wrapper.original_module
-        part = module(x[index], *rest, **kwargs)
+        # other inputs laid out as x is (a gated norm's gate) are split with it
+        rows = [r[index] if isinstance(r, torch.Tensor) and r.shape[:1] == x.shape[:1] else r for r in rest]
+        part = module(x[index], *rows, **kwargs)
         if not isinstance(part, torch.Tensor):
             raise TypeError(
                 f"mixed adapter batches need modules_to_save that return one tensor; "

@@ -45,8 +45,17 @@ _GPT_NEOX_LIKE = FamilyPreset(("dense_4h_to_h",), ("dense_h_to_4h",), ("query_ke
 # mixture-of-experts decoders: transformers 5 holds the experts as fused 3-D parameters, not linear layers,
 # so LoRETTA_adp takes Houlsby's other place, the attention output (o_proj); rep as for LLaMA
 _MOE = FamilyPreset(("o_proj",), (), ("q_proj", "v_proj"))
+# multi-head latent attention (DeepSeek-V2/V3): queries through a low-rank q_a_proj -> q_b_proj (or one q_proj),
+# keys and values up-projected together from a shared latent by kv_b_proj; rep on those two, the query and value
+_MLA_MOE = FamilyPreset(("o_proj",), (), ("q_proj", "q_b_proj", "kv_b_proj"))
+# hybrids (Qwen3.5, Qwen3-Next): three Gated DeltaNet (linear attention) layers to each full-attention one; rep
+# on each kind's query and value (the linear attention fuses q, k, v in in_proj_qkv, Qwen3-Next also its gate z
+# in in_proj_qkvz), so that every layer is adapted; adp of the MoE ones on both kinds' attention output
+_QWEN3_5 = FamilyPreset(("down_proj",), ("gate_proj", "up_proj"), ("q_proj", "v_proj", "in_proj_qkv"))
+_QWEN3_5_MOE = FamilyPreset(("o_proj", "linear_attn.out_proj"), (), ("q_proj", "v_proj", "in_proj_qkv"))
 # vision-language models: the text decoder (`model.language_model`) as LLaMA, the vision tower untouched
 _VLM_LLAMA_LIKE = replace(_LLAMA_LIKE, within="language_model")
+_VLM_MOE = replace(_MOE, within="language_model")
 _IDEFICS_LIKE = replace(_LLAMA_LIKE, within="text_model")  # Idefics3 / SmolVLM name theirs `model.text_model`
 # encoder-decoders: the feed-forward blocks of both stacks (as for the decoders above); rep on the query
 # and value of self- and cross-attention (PEFT LoRA's defaults for these families)
@@ -109,11 +118,25 @@ FAMILY_PRESETS: dict[str, FamilyPreset] = {
     "ernie4_5": _LLAMA_LIKE,
     "arcee": _LLAMA_LIKE,  # no gate: up_proj -> activation -> down_proj
     "apertus": _LLAMA_LIKE,  # no gate, as Arcee
+    "ministral": _LLAMA_LIKE,
+    "ministral3": _LLAMA_LIKE,
+    "internlm3": _LLAMA_LIKE,
+    "exaone": _LLAMA_LIKE,
+    "hunyuan_v1_dense": _LLAMA_LIKE,
+    "granite_swa": _LLAMA_LIKE,
+    "cwm": _LLAMA_LIKE,
+    "nemotron": _LLAMA_LIKE,  # no gate, as Arcee
+    "minicpm3": replace(_LLAMA_LIKE, rep_targets=("q_b_proj", "kv_b_proj")),  # latent attention (as DeepSeek's)
     "glm": _GLM_LIKE,
     "glm4": _GLM_LIKE,
     "gemma": _LLAMA_LIKE,
     "gemma2": _LLAMA_LIKE,
     "gemma3_text": _LLAMA_LIKE,
+    # the per-layer input embeddings' projections stay frozen; layers that reuse an earlier layer's keys and
+    # values have no v_proj, which `present_in` needs no help with (PEFT adapts the layers that exist)
+    "gemma4_text": _LLAMA_LIKE,
+    "vaultgemma": _LLAMA_LIKE,
+    "qwen3_5_text": _QWEN3_5,
     "mixtral": _MOE,
     "qwen2_moe": _MOE,  # its shared expert (linear layers) stays frozen, as the routed experts do
     "qwen3_moe": _MOE,
@@ -121,6 +144,21 @@ FAMILY_PRESETS: dict[str, FamilyPreset] = {
     "granitemoe": _MOE,
     "phimoe": _MOE,
     "gpt_oss": _MOE,
+    "glm4_moe": _MOE,  # GLM-4.5 and later: the first dense layers' MLP stays frozen, so each layer has one adapter
+    "ernie4_5_moe": _MOE,
+    "llama4_text": _MOE,  # experts and a shared expert under feed_forward
+    "hunyuan_v1_moe": _MOE,
+    "minimax_m2": _MOE,
+    "granitemoeshared": _MOE,
+    "flex_olmo": _MOE,
+    "afmoe": _MOE,  # its attention has a gate_proj of its own: no LLaMA names here
+    "solar_open": _MOE,
+    "cohere2_moe": _MOE,
+    "deepseek_v2": _MLA_MOE,
+    "deepseek_v3": _MLA_MOE,  # also Kimi K2
+    "glm4_moe_lite": _MLA_MOE,
+    "qwen3_5_moe_text": _QWEN3_5_MOE,
+    "qwen3_next": replace(_QWEN3_5_MOE, rep_targets=("q_proj", "v_proj", "in_proj_qkvz")),
     "gemma3": _VLM_LLAMA_LIKE,  # Gemma 3 4B and larger (1B is gemma3_text)
     "llava": _VLM_LLAMA_LIKE,
     "mistral3": _VLM_LLAMA_LIKE,
@@ -130,6 +168,10 @@ FAMILY_PRESETS: dict[str, FamilyPreset] = {
     "paligemma": _VLM_LLAMA_LIKE,
     "llava_next": _VLM_LLAMA_LIKE,
     "llava_onevision": _VLM_LLAMA_LIKE,
+    "gemma4": _VLM_LLAMA_LIKE,  # its vision (and audio) tower wraps q_proj, ... around a `.linear`
+    "qwen3_5": replace(_QWEN3_5, within="language_model"),
+    "qwen3_5_moe": replace(_QWEN3_5_MOE, within="language_model"),
+    "qwen3_vl_moe": _VLM_MOE,
     "idefics3": _IDEFICS_LIKE,
     "smolvlm": _IDEFICS_LIKE,
     "t5": _T5_LIKE,
@@ -175,8 +217,10 @@ def linear_layer_names(model: nn.Module) -> list[str]:
 
 
 def is_norm(module: nn.Module) -> bool:
-    """LayerNorm / RMSNorm modules of any family (DeBERTa and LLaMA use their own classes)."""
-    if isinstance(module, (nn.LayerNorm, nn.GroupNorm)) or type(module).__name__.endswith(("LayerNorm", "RMSNorm")):
+    """LayerNorm / RMSNorm modules of any family (DeBERTa and LLaMA use their own classes), also the gated RMSNorm
+    of linear-attention layers (Qwen3.5's Gated DeltaNet normalises its output, then multiplies by a gate)."""
+    if (isinstance(module, (nn.LayerNorm, nn.GroupNorm))
+            or type(module).__name__.endswith(("LayerNorm", "RMSNorm", "RMSNormGated"))):
         return any(True for _ in module.parameters(recurse=False))
     return False
 

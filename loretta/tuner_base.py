@@ -77,7 +77,7 @@ def _inside(name: str, modules) -> bool:
 
 
 def _excluded(name: str, exclude_modules) -> bool:
-    """PEFT's exclude_modules rule for a layer (a regex: a full match of its name; a list: the name or a dotted
+    r"""PEFT's exclude_modules rule for a layer (a regex: a full match of its name; a list: the name or a dotted
     suffix of it), applied to a norm: `exclude_modules=r".*layers\.0\..*"` keeps layer 0's norms frozen with
     its layers."""
     if not exclude_modules:

@@ -50,8 +50,11 @@ def _each_adapter_alone(model, batch):
     return expected
 
 
-@pytest.mark.parametrize("family", ["bert", "roberta", "deberta", "deberta-v2", "mpnet", "distilbert", "modernbert", "llama",
-                                    "gpt2", "opt", "gpt_neox", "phi3", "qwen3", "falcon", "mixtral", "t5", "bart"])
+# qwen3_5_text: linear attention, whose gated norm takes the gate as a second input; deepseek_v3: latent attention;
+# gemma4_text: a layer reusing another's keys and values
+@pytest.mark.parametrize("family", ["bert", "roberta", "deberta", "deberta-v2", "mpnet", "distilbert", "modernbert",
+                                    "llama", "gpt2", "opt", "gpt_neox", "phi3", "qwen3", "falcon", "mixtral", "t5",
+                                    "bart", "qwen3_5_text", "deepseek_v3", "gemma4_text"])
 @pytest.mark.parametrize("method", ["adp", "rep"])
 def test_each_sample_gets_its_own_adapter_norms_and_head(family, method):
     model = _two_adapter_model(family, method)

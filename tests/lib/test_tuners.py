@@ -162,6 +162,11 @@ def test_adapter_counts_and_sides_per_family():
     # mixture of experts: the experts are no linear layers; the attention output, 2 layers
     assert count("mixtral") == (2, ["output"])
     assert count("qwen2_moe") == (2, ["output"])  # not its shared expert's down_proj
+    assert count("glm4_moe") == (2, ["output"])  # not the dense first layer's MLP either
+    assert count("deepseek_v3") == (2, ["output"])
+    assert count("qwen3_5_text") == (6, ["input", "output"])  # the MLP of a linear- and a full-attention layer
+    assert count("qwen3_5_moe_text") == (2, ["output"])  # linear_attn.out_proj in layer 0, o_proj in layer 1
+    assert count("gemma4_text") == (9, ["input", "output"])  # 3 layers
     # encoder-decoders: both stacks' feed-forward blocks, 2 layers each
     assert count("t5") == (8, ["input", "output"])  # wi input, wo output
     assert count("t5-gated") == (12, ["input", "output"])  # wi_0 and wi_1 input, wo output (v1.1, FLAN-T5)
@@ -201,6 +206,30 @@ def test_rep_adapts_the_fused_attention_projection_whole(family, target, out_fea
     layers = {n: m for n, m in model.named_modules() if isinstance(m, LorettaRepLayer)}
     assert len(layers) == 2 and all(n.endswith(target) for n in layers)
     assert all(m.out_features == out_features for m in layers.values())
+
+
+@pytest.mark.parametrize(("family", "adapted"), [
+    # latent attention: the query's up-projection (4 heads of 8 + 8 rotary) and the keys' and values'
+    # (4 heads of 8 without rotary + 16 value) from the shared latent (16 wide)
+    ("deepseek_v3", {"layers.0.self_attn.q_b_proj": (32, 4 * 16), "layers.0.self_attn.kv_b_proj": (16, 4 * (8 + 16)),
+                     "layers.1.self_attn.q_b_proj": (32, 4 * 16), "layers.1.self_attn.kv_b_proj": (16, 4 * (8 + 16))}),
+    # a Gated DeltaNet layer (2 key heads of 16 for q and for k, 4 value heads of 16), then a full-attention one
+    # (q_proj doubled by its output gate; 2 key/value heads)
+    ("qwen3_5_text", {"layers.0.linear_attn.in_proj_qkv": (64, 32 + 32 + 64),
+                      "layers.1.self_attn.q_proj": (64, 2 * 64), "layers.1.self_attn.v_proj": (64, 32)}),
+    ("qwen3_next", {"layers.0.linear_attn.in_proj_qkvz": (64, 32 + 32 + 64 + 64),  # and the gate z
+                    "layers.1.self_attn.q_proj": (64, 2 * 64), "layers.1.self_attn.v_proj": (64, 32)}),
+    # a sliding-window layer (heads of 16), two full-attention ones (heads of 32); the third reuses the second's
+    # keys and values: it has no v_proj
+    ("gemma4_text", {"layers.0.self_attn.q_proj": (64, 4 * 16), "layers.0.self_attn.v_proj": (64, 2 * 16),
+                     "layers.1.self_attn.q_proj": (64, 4 * 32), "layers.1.self_attn.v_proj": (64, 2 * 32),
+                     "layers.2.self_attn.q_proj": (64, 4 * 32)}),
+])
+def test_rep_on_latent_linear_and_shared_kv_attention(family, adapted):
+    model = get_peft_model(tiny_model(family, task="CAUSAL_LM"), METHODS["rep"]("CAUSAL_LM"))
+    layers = {n[n.index("layers."):]: (m.in_features, m.out_features) for n, m in model.named_modules()
+              if isinstance(m, LorettaRepLayer)}
+    assert layers == adapted
 
 
 @pytest.mark.parametrize("method", ["adp", "rep"])
@@ -273,6 +302,18 @@ def test_per_head_query_and_key_norms_train_with_the_others():
     trained = {n.split(".modules_to_save")[0].split("layers.0.")[-1]
                for n, p in model.named_parameters() if p.requires_grad and "layers.0." in n and "norm" in n}
     assert trained == {"self_attn.q_norm", "self_attn.k_norm", "input_layernorm", "post_attention_layernorm"}
+
+
+def test_the_gated_norm_of_linear_attention_trains_with_the_others():
+    """Qwen3.5's Gated DeltaNet normalises its output with an RMSNorm that also takes a gate (forward(x, gate)):
+    it trains like the block norms (its forward, having two inputs, is not the recomputed one)."""
+    model = get_peft_model(tiny_model("qwen3_5_text", task="CAUSAL_LM"), METHODS["adp"]("CAUSAL_LM"))
+    trained = {n.split(".modules_to_save")[0].split("layers.0.")[-1]: p
+               for n, p in model.named_parameters() if p.requires_grad and "layers.0." in n and "norm" in n}
+    assert set(trained) == {"linear_attn.norm", "input_layernorm", "post_attention_layernorm"}
+    batch = tiny_batch(model)
+    model.train()(**batch, labels=batch["input_ids"]).loss.backward()
+    assert trained["linear_attn.norm"].grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("family", DECODERS + SEQ2SEQ + ["t5-gated"])

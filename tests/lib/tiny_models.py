@@ -18,20 +18,55 @@ SIBLING_ENCODERS = ["xlm-roberta", "electra", "camembert", "xlm-roberta-xl", "ro
                     "longformer", "ernie", "megatron-bert"]
 SIBLING_DECODERS = ["qwen2", "gemma2", "granite", "smollm3", "olmo2", "phi", "starcoder2", "bloom", "gptj",
                     "stablelm", "cohere", "cohere2", "olmo", "olmo3", "exaone4", "helium", "seed_oss", "ernie4_5",
-                    "arcee", "apertus", "glm", "glm4", "xglm", "biogpt", "persimmon", "gpt_bigcode", "codegen", "mpt"]
+                    "arcee", "apertus", "glm", "glm4", "xglm", "biogpt", "persimmon", "gpt_bigcode", "codegen", "mpt",
+                    "ministral", "ministral3", "internlm3", "exaone", "hunyuan_v1_dense", "granite_swa", "cwm",
+                    "nemotron", "vaultgemma", "gemma4_text", "minicpm3", "qwen3_5_text"]
+# latent attention (low-rank queries, keys and values from one latent), for MiniCPM3 and DeepSeek-V2/V3
+MLA = dict(q_lora_rank=32, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=16,
+           head_dim=8)  # head_dim: the rotary part's
+# Qwen3.5 / Qwen3-Next: a Gated DeltaNet (linear attention) layer, then a full-attention one
+HYBRID = dict(layer_types=["linear_attention", "full_attention"], linear_num_key_heads=2, linear_num_value_heads=4,
+              linear_key_head_dim=16, linear_value_head_dim=16)
+DECODER_OPTIONS = {  # families whose defaults do not shrink with the generic sizes below
+    "minicpm3": MLA, "qwen3_5_text": HYBRID,
+    # three layers, the last reusing the keys and values of the one before (Gemma 3n / Gemma 4 E2B, E4B); wider
+    # heads in full-attention layers (as Gemma 4's 512 to 256)
+    "gemma4_text": dict(num_hidden_layers=3, num_kv_shared_layers=1, global_head_dim=32, sliding_window=4,
+                        layer_types=["sliding_attention", "full_attention", "full_attention"],
+                        vocab_size_per_layer_input=100, hidden_size_per_layer_input=8),
+    "ministral3": dict(max_position_embeddings=262144),  # its YaRN scaling's context
+}
 # mixture-of-experts decoders: experts are fused 3-D parameters, LoRETTA_adp sits on the attention output
-MOE_DECODERS = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "phimoe", "gpt_oss"]
+MOE_DECODERS = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "phimoe", "gpt_oss", "glm4_moe",
+                "ernie4_5_moe", "llama4_text", "hunyuan_v1_moe", "minimax_m2", "granitemoeshared", "flex_olmo", "afmoe",
+                "solar_open", "cohere2_moe", "deepseek_v2", "deepseek_v3", "glm4_moe_lite", "qwen3_5_moe_text",
+                "qwen3_next"]
 MOE_EXPERTS = {  # four experts, two per token, under each family's names
     "mixtral": dict(num_local_experts=4), "granitemoe": dict(num_local_experts=4), "phimoe": dict(num_local_experts=4),
     "gpt_oss": dict(num_local_experts=4, layer_types=["sliding_attention", "full_attention"],
                     max_position_embeddings=131072),  # YaRN's expected context: no rope-scaling warning
     "qwen2_moe": dict(num_experts=4, moe_intermediate_size=32, shared_expert_intermediate_size=64),
     "qwen3_moe": dict(num_experts=4, moe_intermediate_size=32), "olmoe": dict(num_experts=4),
+    # a dense first layer, then a mixture-of-experts one
+    "glm4_moe": dict(n_routed_experts=4, moe_intermediate_size=32, first_k_dense_replace=1, n_group=1, topk_group=1),
+    "ernie4_5_moe": dict(moe_num_experts=4, moe_k=2, moe_intermediate_size=32, moe_layer_start_index=1),
+    "llama4_text": dict(num_local_experts=4, num_experts_per_tok=1, intermediate_size_mlp=128),
+    "hunyuan_v1_moe": dict(num_experts=4, moe_topk=2), "minimax_m2": dict(num_local_experts=4),
+    "granitemoeshared": dict(num_local_experts=4, shared_intermediate_size=64), "flex_olmo": dict(num_experts=4),
+    "afmoe": dict(num_experts=4, moe_intermediate_size=32, num_dense_layers=1), "cohere2_moe": dict(num_experts=4),
+    "solar_open": dict(n_routed_experts=4, moe_intermediate_size=32, n_group=1, topk_group=1),
+    "deepseek_v2": dict(MLA, n_routed_experts=4, moe_intermediate_size=32, first_k_dense_replace=1),
+    "deepseek_v3": dict(MLA, n_routed_experts=4, moe_intermediate_size=32, first_k_dense_replace=1, n_group=1,
+                        topk_group=1),
+    "glm4_moe_lite": dict(MLA, n_routed_experts=4, moe_intermediate_size=32, mlp_layer_types=["dense", "sparse"],
+                          n_group=1, topk_group=1),
+    "qwen3_5_moe_text": dict(HYBRID, num_experts=4, moe_intermediate_size=32, shared_expert_intermediate_size=64),
+    "qwen3_next": dict(HYBRID, num_experts=4, moe_intermediate_size=32, shared_expert_intermediate_size=64),
 }
 SIBLING_SEQ2SEQ = ["mt5", "mbart", "marian", "pegasus"]
 # vision-language models (text in, text out here): LoRETTA goes into the language model only
 VLM_DECODERS = ["gemma3", "llava", "mistral3", "qwen2_5_vl", "qwen2_vl", "qwen3_vl", "paligemma", "llava_next",
-                "llava_onevision", "idefics3", "smolvlm"]
+                "llava_onevision", "idefics3", "smolvlm", "gemma4", "qwen3_5", "qwen3_5_moe", "qwen3_vl_moe"]
 ALL_FAMILIES = FAMILIES + SEQ2SEQ + SIBLING_ENCODERS + SIBLING_DECODERS + MOE_DECODERS + VLM_DECODERS + SIBLING_SEQ2SEQ
 
 
@@ -63,6 +98,7 @@ def _vlm_config(model_type: str):
     # Qwen's multimodal rotary sections, for a head of 16
     mrope = dict(text, rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 3, 3]))
     qwen_tokens = dict(image_token_id=299, video_token_id=298, vision_start_token_id=297)
+    qwen_vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64)
     clip, siglip = dict(vision, model_type="clip_vision_model"), dict(vision, model_type="siglip_vision_model")
     llama_text = dict(text, model_type="llama")
     kw = {
@@ -79,11 +115,17 @@ def _vlm_config(model_type: str):
                          vision_config=dict(vision, model_type="pixtral", head_dim=16), image_token_index=299),
         "qwen2_vl": dict(text_config=mrope, vision_config=dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2,
                                                                mlp_ratio=2), **qwen_tokens),
-        "qwen2_5_vl": dict(text_config=mrope, vision_config=dict(depth=1, hidden_size=32, intermediate_size=64,
-                                                                 num_heads=2, out_hidden_size=64), **qwen_tokens),
-        "qwen3_vl": dict(text_config=mrope, vision_config=dict(depth=1, hidden_size=32, intermediate_size=64,
-                                                               num_heads=2, out_hidden_size=64,
-                                                               deepstack_visual_indexes=[0]), **qwen_tokens),
+        "qwen2_5_vl": dict(text_config=mrope, vision_config=qwen_vision, **qwen_tokens),
+        "qwen3_vl": dict(text_config=mrope, vision_config=dict(qwen_vision, deepstack_visual_indexes=[0]),
+                         **qwen_tokens),
+        "qwen3_vl_moe": dict(text_config=dict(mrope, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32),
+                             vision_config=dict(qwen_vision, deepstack_visual_indexes=[0]), **qwen_tokens),
+        "qwen3_5": dict(text_config=dict(mrope, **HYBRID), vision_config=qwen_vision, **qwen_tokens),
+        "qwen3_5_moe": dict(text_config=dict(mrope, **MOE_EXPERTS["qwen3_5_moe_text"], num_experts_per_tok=2),
+                            vision_config=qwen_vision, **qwen_tokens),
+        "gemma4": dict(text_config=dict(text, vocab_size_per_layer_input=300, hidden_size_per_layer_input=8),
+                       vision_config=dict(vision, num_key_value_heads=2, head_dim=16, position_embedding_size=64),
+                       audio_config=None, image_token_id=299),
         "idefics3": dict(text_config=llama_text, vision_config=vision, image_token_id=299, scale_factor=2),
         "smolvlm": dict(text_config=llama_text, vision_config=vision, image_token_id=299, scale_factor=2),
     }[model_type]
@@ -128,7 +170,9 @@ def tiny_config(model_type: str, **overrides):
         if model_type in DECODERS + SIBLING_DECODERS + MOE_DECODERS:
             kw.update(num_key_value_heads=2, head_dim=16)  # grouped-query attention
         if model_type in MOE_DECODERS:
-            kw.update(num_experts_per_tok=2, **MOE_EXPERTS[model_type])
+            kw.update(num_experts_per_tok=2)
+            kw.update(MOE_EXPERTS[model_type])
+        kw.update(DECODER_OPTIONS.get(model_type, {}))
     if model_type == "longformer":
         kw.update(attention_window=4)  # local attention over 4 tokens: the tiny batches span two windows
     if model_type == "codegen":
