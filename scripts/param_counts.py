@@ -53,6 +53,14 @@ MODERN = {
     "Mixtral-8x7B": ("CAUSAL_LM", "mixtral", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                                                   num_attention_heads=32, num_key_value_heads=8, num_local_experts=8,
                                                   num_experts_per_tok=2, vocab_size=32000), ["q_proj", "v_proj"]),
+    # latent attention (no v_proj): LoRETTA_rep and LoRA on the query's and the keys' and values' up-projections
+    "DeepSeek-V3": ("CAUSAL_LM", "deepseek_v3", dict(hidden_size=7168, intermediate_size=18432, num_hidden_layers=61,
+                                                     num_attention_heads=128, num_key_value_heads=128,
+                                                     n_routed_experts=256, n_shared_experts=1, num_experts_per_tok=8,
+                                                     moe_intermediate_size=2048, first_k_dense_replace=3,
+                                                     q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128,
+                                                     qk_rope_head_dim=64, v_head_dim=128, n_group=8, topk_group=4,
+                                                     vocab_size=129280), ["q_b_proj", "kv_b_proj"]),
     # encoders newer than (or left out of) the paper, 2 labels
     "ModernBERT-base": ("SEQ_CLS", "modernbert", dict(hidden_size=768, intermediate_size=1152, num_hidden_layers=22,
                                                       num_attention_heads=12, vocab_size=50368, num_labels=2),
@@ -145,7 +153,7 @@ def main() -> None:
               f"{paper['adp']} / {paper['rep']} / {paper['lora']} |")
     print()
     print("| model not in the paper | LoRETTA_adp (rank 5) | LoRETTA_rep (rank 8) | "
-          "LoRA r=8 (peft; q and v, or the fused qkv) | adp / LoRA | rep / LoRA |")
+          "LoRA r=8 (peft; the layers LoRETTA_rep adapts) | adp / LoRA | rep / LoRA |")
     print("|---|---:|---:|---:|---:|---:|")
     for name in MODERN:
         adp, rep8, lora = count(name, "adp", tensor_rank=5), count(name, "rep", tensor_rank=8), count(name, "lora")

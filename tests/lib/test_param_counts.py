@@ -110,6 +110,28 @@ def test_a_mixture_of_experts_at_full_size_mixtral_8x7b():
     assert trainable(model) == 32 * (adapter + 2 * 4_096) + 4_096 == 469_760
 
 
+def test_latent_attention_at_full_size_deepseek_v3():
+    """DeepSeek-V3's published size, counted by hand. The norms, which both methods train: two of 7,168 per layer,
+    and the latent attention's own on the query's (1,536) and the keys' and values' (512) latents, and the final
+    one. LoRETTA_adp: one adapter per layer on o_proj's output (the experts are fused 3-D parameters; the first
+    three layers' dense MLP stays frozen too, so that every layer has the same adapter) of TT 7168x64
+    [4,4,7,8,8,8,8] + TT 64x7168 at rank 5 (935 each) with biases 64 + 7,168. LoRETTA_rep at rank 8 (no v_proj):
+    on q_b_proj (1,536 -> 128 heads x 192) with A = TT 1536x8 [4,6,8,8,8] (1,504) and B = TT 8x24576
+    [8,8,8,8,8,6] (2,160), and on kv_b_proj (512 -> 128 x (128 + 128)) with A = TT 512x8 [8,8,8,8] (1,152) and
+    B = TT 8x32768 [8,8,8,8,8,8] (2,176)."""
+    cfg = AutoConfig.for_model(
+        "deepseek_v3", hidden_size=7168, intermediate_size=18432, num_hidden_layers=61, num_attention_heads=128,
+        num_key_value_heads=128, n_routed_experts=256, n_shared_experts=1, num_experts_per_tok=8,
+        moe_intermediate_size=2048, first_k_dense_replace=3, q_lora_rank=1536, kv_lora_rank=512,
+        qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, n_group=8, topk_group=4, vocab_size=129280)
+    norms = 61 * (2 * 7_168 + 1_536 + 512) + 7_168
+    adp = get_peft_model(_meta(AutoModelForCausalLM.from_config, cfg), LorettaAdpConfig(task_type="CAUSAL_LM"))
+    assert trainable(adp) == 61 * (935 + 64 + 935 + 7_168) + norms == 1_561_814
+    rep = get_peft_model(_meta(AutoModelForCausalLM.from_config, cfg),
+                         LorettaRepConfig(task_type="CAUSAL_LM", tensor_rank=8))
+    assert trainable(rep) == 61 * (1_504 + 2_160 + 1_152 + 2_176) + norms == 1_433_104
+
+
 def test_an_encoder_decoder_at_full_size_flan_t5_large():
     """The T5 preset at FLAN-T5-large's published size, counted by hand: each of the 24 encoder and 24
     decoder feed-forward blocks has three adapters (gated wi_0 / wi_1 input, wo output) of TT 1024x64
@@ -134,6 +156,6 @@ def test_the_readme_tables_are_what_the_script_prints():
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
-    assert len(rows) == 2 + 5 + 9  # two headers, the paper's five models, nine newer ones
+    assert len(rows) == 2 + 5 + 10  # two headers, the paper's five models, ten newer ones
     readme = (repo / "README.md").read_text().replace("**", "")
     assert [row for row in rows if row not in readme] == []
