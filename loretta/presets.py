@@ -134,6 +134,7 @@ FAMILY_PRESETS: dict[str, FamilyPreset] = {
     "gemma3_text": _LLAMA_LIKE,
     # the per-layer input embeddings' projections stay frozen; layers that reuse an earlier layer's keys and
     # values have no v_proj, which `present_in` needs no help with (PEFT adapts the layers that exist)
+    "gemma3n_text": _LLAMA_LIKE,  # its AltUp and LAuReL layers stay frozen
     "gemma4_text": _LLAMA_LIKE,
     "vaultgemma": _LLAMA_LIKE,
     "qwen3_5_text": _QWEN3_5,

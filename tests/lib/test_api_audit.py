@@ -142,10 +142,10 @@ def test_gradient_checkpointing_gives_the_gradients_of_the_plain_model(family, m
 # each its own attention and cache: ALiBi (bloom, mpt), multi-query fused q,k,v (falcon, gpt_bigcode), partial
 # rotary (gptj, codegen), mixture of experts (mixtral), sliding windows and attention sinks (gpt_oss), linear
 # attention's recurrent state (qwen3_5_text, qwen3_next), latent attention (deepseek_v3), keys and values shared
-# across layers (gemma4_text), chunked attention (llama4_text)
+# across layers (gemma3n_text, gemma4_text), chunked attention (llama4_text)
 @pytest.mark.parametrize("family", ["llama", "gpt2", "falcon", "bloom", "mpt", "gpt_bigcode", "gptj", "codegen",
-                                    "mixtral", "gpt_oss", "qwen3_5_text", "qwen3_next", "deepseek_v3", "gemma4_text",
-                                    "llama4_text"])
+                                    "mixtral", "gpt_oss", "qwen3_5_text", "qwen3_next", "deepseek_v3", "gemma3n_text",
+                                    "gemma4_text", "llama4_text"])
 @pytest.mark.parametrize("method", ["adp", "rep"])
 def test_generate_with_the_adapter_and_without_it(family, method):
     model = get_peft_model(tiny_model(family, task="CAUSAL_LM"), METHODS[method]("CAUSAL_LM"))

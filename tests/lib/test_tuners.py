@@ -576,6 +576,30 @@ def test_user_targets_on_an_unknown_family_and_errors_listing_linear_layers():
                        LorettaRepConfig(task_type="CAUSAL_LM", target_modules=["no_such_layer"]))
 
 
+@pytest.mark.parametrize(("model_type", "extra"), [
+    # hybrids without a preset: Mamba and attention layers (and experts), convolution and attention, Mamba and
+    # attention side by side in each layer
+    ("jamba", dict(num_experts=2, num_experts_per_tok=1, attn_layer_period=2, attn_layer_offset=1,
+                   expert_layer_period=2, expert_layer_offset=1, mamba_d_state=8, mamba_dt_rank=8,
+                   use_mamba_kernels=False)),
+    ("lfm2", dict()),
+    ("falcon_h1", dict(mamba_d_ssm=64, mamba_n_heads=4, mamba_d_head=16, mamba_d_state=8, mamba_n_groups=1,
+                       mamba_chunk_size=8)),
+])
+def test_hybrids_without_a_preset_train_with_user_targets(model_type, extra):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model(model_type, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                               num_key_value_heads=2, intermediate_size=128, vocab_size=100, pad_token_id=0, **extra)
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_config(cfg),
+                           LorettaRepConfig(task_type="CAUSAL_LM", target_modules=["out_proj", "o_proj"], r=4))
+    assert len([m for m in model.modules() if isinstance(m, LorettaRepLayer)]) >= 2  # a Mamba / conv and an attention
+    batch = tiny_batch(model)
+    model.train()(**batch, labels=batch["input_ids"]).loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad and "cores" in n)
+
+
 @pytest.mark.parametrize(
     "make, message",
     [

@@ -23,7 +23,7 @@ SIBLING_DECODERS = ["qwen2", "gemma2", "granite", "smollm3", "olmo2", "phi", "st
                     "stablelm", "cohere", "cohere2", "olmo", "olmo3", "exaone4", "helium", "seed_oss", "ernie4_5",
                     "arcee", "apertus", "glm", "glm4", "xglm", "biogpt", "persimmon", "gpt_bigcode", "codegen", "mpt",
                     "ministral", "ministral3", "internlm3", "exaone", "hunyuan_v1_dense", "granite_swa", "cwm",
-                    "nemotron", "vaultgemma", "gemma4_text", "minicpm3", "qwen3_5_text"]
+                    "nemotron", "vaultgemma", "gemma3n_text", "gemma4_text", "minicpm3", "qwen3_5_text"]
 # latent attention (low-rank queries, keys and values from one latent), for MiniCPM3 and DeepSeek-V2/V3
 MLA = dict(q_lora_rank=32, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=16,
            head_dim=8)  # head_dim: the rotary part's
@@ -37,6 +37,10 @@ DECODER_OPTIONS = {  # families whose defaults do not shrink with the generic si
     "gemma4_text": dict(num_hidden_layers=3, num_kv_shared_layers=1, global_head_dim=32, sliding_window=4,
                         layer_types=["sliding_attention", "full_attention", "full_attention"],
                         vocab_size_per_layer_input=100, hidden_size_per_layer_input=8),
+    "gemma3n_text": dict(num_hidden_layers=3, num_kv_shared_layers=1, sliding_window=4,
+                         layer_types=["sliding_attention", "full_attention", "full_attention"],
+                         vocab_size_per_layer_input=100, hidden_size_per_layer_input=8, laurel_rank=4,
+                         altup_num_inputs=2, activation_sparsity_pattern=[0.0, 0.0, 0.0]),
     "ministral3": dict(max_position_embeddings=262144),  # its YaRN scaling's context
 }
 # mixture-of-experts decoders: experts are fused 3-D parameters, LoRETTA_adp sits on the attention output
