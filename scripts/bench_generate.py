@@ -61,14 +61,18 @@ def decode_step_counts(model, prompt) -> tuple[int, int]:
     import torch
 
     with torch.no_grad():
-        past = model(input_ids=prompt, use_cache=True).past_key_values
+        out = model(input_ids=prompt, use_cache=True)
+        # transformers 5.24 calls the KV cache `cache` (the old name `past_key_values` goes in 5.40); 5.0 knows
+        # only the old one
+        name = "cache" if "cache" in out else "past_key_values"
+        cache = {name: out[name]}
         next_token = prompt[:, -1:]
-        model(input_ids=next_token, past_key_values=past, use_cache=True)
+        model(input_ids=next_token, **cache, use_cache=True)
         with operator_counter() as ops:
-            model(input_ids=next_token, past_key_values=past, use_cache=True)
+            model(input_ids=next_token, **cache, use_cache=True)
         profile = cProfile.Profile()
         profile.enable()
-        model(input_ids=next_token, past_key_values=past, use_cache=True)
+        model(input_ids=next_token, **cache, use_cache=True)
         profile.disable()
     return ops.calls, pstats.Stats(profile).total_calls
 
