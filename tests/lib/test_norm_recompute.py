@@ -35,7 +35,8 @@ def _loss_and_grads(family, method, recompute, autocast_dtype=None):
     return model, loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("family", FAMILIES + SEQ2SEQ)
+# and the norms of linear attention (a gated one, which keeps its own forward), latent attention, Gemma 4
+@pytest.mark.parametrize("family", FAMILIES + SEQ2SEQ + ["qwen3_5_text", "deepseek_v3", "gemma4_text"])
 @pytest.mark.parametrize("method", ["adp", "rep"])
 def test_recomputed_norms_give_the_same_loss_and_gradients(family, method):
     plain_model, plain_loss, plain = _loss_and_grads(family, method, recompute=False)
