@@ -312,6 +312,20 @@ def test_per_head_query_and_key_norms_train_with_the_others():
     assert trained == {"self_attn.q_norm", "self_attn.k_norm", "input_layernorm", "post_attention_layernorm"}
 
 
+def test_gemma4_moe_adapts_the_dense_mlp_that_runs_beside_its_experts():
+    """Gemma 4's mixture of experts (26B A4B) keeps a dense MLP in every layer, its output added to the experts':
+    LoRETTA_adp takes the LLaMA places on it; the router and the experts stay frozen."""
+    model = get_peft_model(tiny_model("gemma4_text", task="CAUSAL_LM", enable_moe_block=True, num_experts=4,
+                                      top_k_experts=2, moe_intermediate_size=32), METHODS["adp"]("CAUSAL_LM"))
+    adapted = {n.split("layers.")[-1].split(".", 1)[1] for n, m in model.named_modules()
+               if isinstance(m, LorettaAdpLayer)}
+    assert adapted == {"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}
+    assert not any(p.requires_grad for n, p in model.named_parameters() if ".experts." in n or ".router." in n)
+    batch = tiny_batch(model)
+    model.train()(**batch, labels=batch["input_ids"]).loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
 def test_the_gated_norm_of_linear_attention_trains_with_the_others():
     """Qwen3.5's Gated DeltaNet normalises its output with an RMSNorm that also takes a gate (forward(x, gate)):
     it trains like the block norms (its forward, having two inputs, is not the recomputed one)."""
