@@ -169,10 +169,11 @@ class LorettaTunerBase(BaseTuner):
         self._expand_all_linear(peft_config, model, preset)
         if peft_config.target_modules is None:
             if preset is None:
+                # what to do first (the model's own layer names), then the model types that have defaults
                 raise ValueError(
-                    f"{type(self).__name__}: no default target modules for model_type {model_type!r}; known families: "
-                    f"{sorted(FAMILY_PRESETS)}. Pass target_modules=[...] chosen from this model's linear layers: "
-                    f"{linear_layer_names(model)}"
+                    f"{type(self).__name__}: no default target modules for model_type {model_type!r}. Pass "
+                    f"target_modules=[...] chosen from this model's linear layers: {linear_layer_names(model)}. "
+                    f"The {len(FAMILY_PRESETS)} model types with defaults: {sorted(FAMILY_PRESETS)}"
                 )
             keys = [k for k in _linear_layer_keys(model) if not preset.within or _inside(k, [preset.within])]
             self._default_targets(preset.present_in(keys), peft_config)

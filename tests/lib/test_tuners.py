@@ -580,7 +580,11 @@ def test_user_targets_on_an_unknown_family_and_errors_listing_linear_layers():
 
     # Mamba: no attention, no preset
     cfg = AutoConfig.for_model("mamba", hidden_size=32, num_hidden_layers=1, vocab_size=100, state_size=4)
-    with pytest.raises(ValueError, match=r"no default target modules for model_type 'mamba'.*layers\.\*\.mixer\.in_proj"):
+    # what to do first (the model's layer names), then the model types that have defaults
+    message = (r"no default target modules for model_type 'mamba'\. Pass target_modules=\[\.\.\.\] chosen from "
+               r"this model's linear layers: \[.*layers\.\*\.mixer\.in_proj.*\]\. The \d+ model types with "
+               r"defaults: \[.*'llama'")
+    with pytest.raises(ValueError, match=message):
         get_peft_model(AutoModelForCausalLM.from_config(cfg), LorettaAdpConfig(task_type="CAUSAL_LM"))
     model = get_peft_model(AutoModelForCausalLM.from_config(cfg),
                            LorettaAdpConfig(task_type="CAUSAL_LM", target_modules=["out_proj"], bottleneck_size=8))
