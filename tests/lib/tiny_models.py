@@ -24,9 +24,10 @@ SIBLING_DECODERS = ["qwen2", "gemma2", "granite", "smollm3", "olmo2", "phi", "st
                     "arcee", "apertus", "glm", "glm4", "xglm", "biogpt", "persimmon", "gpt_bigcode", "codegen", "mpt",
                     "ministral", "ministral3", "internlm3", "exaone", "hunyuan_v1_dense", "granite_swa", "cwm",
                     "nemotron", "vaultgemma", "gemma3n_text", "gemma4_text", "minicpm3", "qwen3_5_text"]
-# latent attention (low-rank queries, keys and values from one latent), for MiniCPM3 and DeepSeek-V2/V3
+# latent attention (low-rank queries, keys and values from one latent), for MiniCPM3 and DeepSeek-V2/V3: a key
+# and a value per head, as in the released models (kv_b_proj makes them; fewer key/value heads would repeat them)
 MLA = dict(q_lora_rank=32, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=16,
-           head_dim=8)  # head_dim: the rotary part's
+           head_dim=8, num_key_value_heads=4)  # head_dim: the rotary part's
 # Qwen3.5 / Qwen3-Next: a Gated DeltaNet (linear attention) layer, then a full-attention one
 HYBRID = dict(layer_types=["linear_attention", "full_attention"], linear_num_key_heads=2, linear_num_value_heads=4,
               linear_key_head_dim=16, linear_value_head_dim=16)
