@@ -166,6 +166,8 @@ class LorettaTunerBase(BaseTuner):
     def _prepare_model(self, peft_config, model: nn.Module) -> None:
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         preset = preset_for(model_type)
+        # a multimodal preset's module (the language model): its adapters and trainable norms stay inside
+        scope = [preset.within] if preset is not None and preset.within else None
         self._expand_all_linear(peft_config, model, preset)
         if peft_config.target_modules is None:
             if preset is None:
@@ -175,9 +177,9 @@ class LorettaTunerBase(BaseTuner):
                     f"target_modules=[...] chosen from this model's linear layers: {linear_layer_names(model)}. "
                     f"The {len(FAMILY_PRESETS)} model types with defaults: {sorted(FAMILY_PRESETS)}"
                 )
-            keys = [k for k in _linear_layer_keys(model) if not preset.within or _inside(k, [preset.within])]
+            keys = [k for k in _linear_layer_keys(model) if scope is None or _inside(k, scope)]
             self._default_targets(preset.present_in(keys), peft_config)
-            if preset.within:
+            if scope is not None:
                 # the preset's names also name layers outside the scope (a vision tower's q_proj): its own
                 # layers by full name, as PEFT's list matching has no "inside"
                 peft_config.target_modules = [k for k in keys if name_matches(k, peft_config.target_modules)]
@@ -189,7 +191,6 @@ class LorettaTunerBase(BaseTuner):
             frozen = preset.frozen_norms if preset is not None else ()
             # a norm inside a module trained whole (ModernBERT's head.norm) trains as part of that module's copy
             whole = peft_config.modules_to_save or []
-            scope = [preset.within] if preset is not None and preset.within else None
             norms = [n for n in norm_module_names(model)
                      if _in_selected_layers(n, peft_config) and not _excluded(n, peft_config.exclude_modules)
                      and not name_matches(n, frozen) and not _inside(n, whole) and (scope is None or _inside(n, scope))]

@@ -50,6 +50,13 @@ def prepare(preset_name: str, method: str):
     return wrapped.eval(), trainable
 
 
+def kv_cache(output) -> dict:
+    """A forward's KV cache as the keyword argument that passes it to the next forward: transformers 5.24
+    calls it `cache` (the old name `past_key_values` goes in 5.40); 5.0 knows only the old one."""
+    name = "cache" if "cache" in output else "past_key_values"
+    return {name: output[name]}
+
+
 def decode_step_counts(model, prompt) -> tuple[int, int]:
     """(operators dispatched, Python function calls made) by one decode step: a one-token forward on
     the prompt's KV cache (after one such step: the first builds what is built once). The Python calls
@@ -61,11 +68,7 @@ def decode_step_counts(model, prompt) -> tuple[int, int]:
     import torch
 
     with torch.no_grad():
-        out = model(input_ids=prompt, use_cache=True)
-        # transformers 5.24 calls the KV cache `cache` (the old name `past_key_values` goes in 5.40); 5.0 knows
-        # only the old one
-        name = "cache" if "cache" in out else "past_key_values"
-        cache = {name: out[name]}
+        cache = kv_cache(model(input_ids=prompt, use_cache=True))
         next_token = prompt[:, -1:]
         model(input_ids=next_token, **cache, use_cache=True)
         with operator_counter() as ops:

@@ -68,10 +68,9 @@ def _train_eval_decode(model, preset, steps: int = 2) -> None:
             optimizer.zero_grad(set_to_none=True)
     model.eval()
     with torch.no_grad():
-        out = model(input_ids=ids, use_cache=True)
-        name = "cache" if "cache" in out else "past_key_values"  # transformers 5.24's name, 5.0's
+        cache = bench_generate.kv_cache(model(input_ids=ids, use_cache=True))
         for _ in range(2):  # the second reuses what the first held
-            model(input_ids=ids[:, -1:], **{name: out[name]}, use_cache=True)
+            model(input_ids=ids[:, -1:], **cache, use_cache=True)
 
 
 @pytest.mark.parametrize("method", [*ALL_METHODS, "loretta_rep_merged"])

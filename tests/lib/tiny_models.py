@@ -31,7 +31,10 @@ MLA = dict(q_lora_rank=32, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim
 # Qwen3.5 / Qwen3-Next: a Gated DeltaNet (linear attention) layer, then a full-attention one
 HYBRID = dict(layer_types=["linear_attention", "full_attention"], linear_num_key_heads=2, linear_num_value_heads=4,
               linear_key_head_dim=16, linear_value_head_dim=16)
-DECODER_OPTIONS = {  # families whose defaults do not shrink with the generic sizes below
+CONFIG_OPTIONS = {  # families whose defaults do not fit the generic sizes below
+    "longformer": dict(attention_window=4),  # local attention over 4 tokens: the tiny batches span two windows
+    "codegen": dict(rotary_dim=8),  # within a head of 16
+    "apertus": dict(max_position_embeddings=16384),  # above its rope scaling's original context (8192)
     "minicpm3": MLA, "qwen3_5_text": HYBRID,
     # three layers, the last reusing the keys and values of the one before (Gemma 3n / Gemma 4 E2B, E4B); wider
     # heads in full-attention layers (as Gemma 4's 512 to 256)
@@ -68,9 +71,9 @@ MOE_EXPERTS = {  # four experts, two per token, under each family's names
                         topk_group=1),
     "glm4_moe_lite": dict(MLA, n_routed_experts=4, moe_intermediate_size=32, mlp_layer_types=["dense", "sparse"],
                           n_group=1, topk_group=1),
-    "qwen3_5_moe_text": dict(HYBRID, num_experts=4, moe_intermediate_size=32, shared_expert_intermediate_size=64),
-    "qwen3_next": dict(HYBRID, num_experts=4, moe_intermediate_size=32, shared_expert_intermediate_size=64),
 }
+MOE_EXPERTS["qwen3_5_moe_text"] = MOE_EXPERTS["qwen3_next"] = dict(HYBRID, num_experts=4, moe_intermediate_size=32,
+                                                                  shared_expert_intermediate_size=64)
 SIBLING_SEQ2SEQ = ["mt5", "mbart", "marian", "pegasus"]
 # vision-language models (text in, text out here): LoRETTA goes into the language model only
 VLM_DECODERS = ["gemma3", "llava", "mistral3", "qwen2_5_vl", "qwen2_vl", "qwen3_vl", "paligemma", "llava_next",
@@ -185,13 +188,7 @@ def tiny_config(model_type: str, **overrides):
         if model_type in MOE_DECODERS:
             kw.update(num_experts_per_tok=2)
             kw.update(MOE_EXPERTS[model_type])
-        kw.update(DECODER_OPTIONS.get(model_type, {}))
-    if model_type == "longformer":
-        kw.update(attention_window=4)  # local attention over 4 tokens: the tiny batches span two windows
-    if model_type == "codegen":
-        kw.update(rotary_dim=8)  # within a head of 16
-    if model_type == "apertus":
-        kw.update(max_position_embeddings=16384)  # above its rope scaling's original context (8192)
+        kw.update(CONFIG_OPTIONS.get(model_type, {}))
     if model_type in DEBERTA_ATTENTION:
         kw.update(DEBERTA_ATTENTION[model_type])
     if model_type in ("roberta", "xlm-roberta", "mpnet"):
