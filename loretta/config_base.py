@@ -48,14 +48,14 @@ def names_or_regex(field_name: str, value):
     return value
 
 
-def name_list(field_name: str, value) -> list[str] | None:
-    """A list of module names; one name given as a string is a list of one (not of its characters)."""
+def name_list(field_name: str, value, what: str = "module name") -> list[str] | None:
+    """A list of module (or parameter) names; one name given as a string is a list of one (not of its characters)."""
     if value is None:
         return None
     if isinstance(value, str):
         return [value]
     if not isinstance(value, (list, tuple, set)) or not all(isinstance(name, str) for name in value):
-        raise ValueError(f"{field_name} must be a module name or a list of them, got {value!r}")
+        raise ValueError(f"{field_name} must be a {what} or a list of them, got {value!r}")
     return list(value) if not isinstance(value, set) else sorted(value)
 
 

@@ -203,10 +203,35 @@ class FrozenCores(nn.Module):
         (one operator per layer and step; the cache holds one form, and a rep B layer asks only for this)."""
         return self._cached("negated_matrix", lambda cores: -tt_to_matrix(cores, in_features, out_features, split))
 
+    def stacked_matrices(self, in_features: int, out_features: int, split, negated: bool = False) -> torch.Tensor:
+        """Cores with a leading stack dimension (G, r_in, k, r_out): the G initial (in x out) matrices, or
+        their negatives (LoRETTA_rep's -B0 of each expert)."""
+        def build(cores):
+            matrices = stacked_matrix(cores, in_features, out_features, split)
+            return -matrices if negated else matrices
+
+        return self._cached(("stacked", negated), build)
+
     def factors(self, split: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(L0 (in x r), R0 (r x out)), the initial matrix's factors at the in/out boundary: r / out
         (and r / in) of the dense matrix's memory."""
         return self._cached("factors", lambda cores: tt_factors(cores, split))
+
+
+@torch.no_grad()
+def initialise_cores(cores, in_features: int, out_features: int, init: str, initial_cores=None) -> None:
+    """The released code's Gaussian cores (each ~ N(0, 1) / sqrt(r_i) * s^(1/d), so that W has entries of std
+    s = sqrt(1 / (in + out))); init="identity" then zeroes the last core; `initial_cores` (FrozenCores) get a copy.
+    Cores may carry a leading stack dimension (G, r_in, k, r_out): G layers initialised alike."""
+    target_std = math.sqrt(1.0 / (in_features + out_features))
+    per_core = target_std ** (1.0 / len(cores))
+    for core in cores:
+        core.normal_(0.0, 1.0).mul_(per_core / math.sqrt(core.shape[-1]))
+    if init == "identity":
+        cores[-1].zero_()
+    if initial_cores is not None:
+        for frozen, core in zip(initial_cores.tensors(), cores):
+            frozen.copy_(core)
 
 
 class TTLinear(nn.Module):
@@ -279,15 +304,7 @@ class TTLinear(nn.Module):
     def reset_parameters(self, init: str = "gaussian") -> None:
         if self.cores[0].device.type == "meta":
             return
-        target_std = math.sqrt(1.0 / (self.in_features + self.out_features))
-        per_core = target_std ** (1.0 / len(self.cores))
-        for core in self.cores:
-            core.normal_(0.0, 1.0).mul_(per_core / math.sqrt(core.shape[-1]))
-        if init == "identity":
-            self.cores[-1].zero_()
-        if self.initial_cores is not None:
-            for frozen, core in zip(self.initial_cores.tensors(), self.cores):
-                frozen.copy_(core)
+        initialise_cores(self.cores, self.in_features, self.out_features, init, self.initial_cores)
         if self.bias is not None:
             self.bias.zero_()
 

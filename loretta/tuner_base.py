@@ -24,6 +24,7 @@ from .presets import FAMILY_PRESETS, linear_features, linear_layer_names, name_m
 from .quantized import keep_4bit_training_layout
 from .tt_linear import TTLinear
 from .tt_shapes import resolve_tt_shape, shape_key
+from .tt_stack import StackedTT
 
 # the handle of the forward pre-hook that rebuilds the TT layers together (tt_batch.py), on the model
 _REBUILD_HOOK = "_loretta_rebuild_hook"
@@ -101,7 +102,8 @@ def _warn_unused_tt_shapes(tt_shapes, model: nn.Module) -> None:
     mapping may serve several models, so this is a warning, not an error)."""
     if not tt_shapes:
         return
-    present = {shape_key(m.in_features, m.out_features) for m in model.modules() if isinstance(m, TTLinear)}
+    present = {shape_key(m.in_features, m.out_features) for m in model.modules()
+               if isinstance(m, (TTLinear, StackedTT))}
     unused = sorted(set(tt_shapes) - present)
     if unused:
         warnings.warn(f"tt_shapes {unused} match no TT layer of this model, so they are not used; its TT layers "
@@ -169,6 +171,11 @@ class LorettaTunerBase(BaseTuner):
         # a multimodal preset's module (the language model): its adapters and trainable norms stay inside
         scope = [preset.within] if preset is not None and preset.within else None
         self._expand_all_linear(peft_config, model, preset)
+        # LoRETTA_rep's stacked expert weights (rep/experts.py): with them, as for PEFT's LoRA, no preset is
+        # needed and target_modules=[] adapts them alone
+        parameters = getattr(peft_config, "target_parameters", None)
+        if peft_config.target_modules is None and preset is None and parameters:
+            peft_config.target_modules = []
         if peft_config.target_modules is None:
             if preset is None:
                 # what to do first (the model's own layer names), then the model types that have defaults
@@ -183,7 +190,8 @@ class LorettaTunerBase(BaseTuner):
                 # the preset's names also name layers outside the scope (a vision tower's q_proj): its own
                 # layers by full name, as PEFT's list matching has no "inside"
                 peft_config.target_modules = [k for k in keys if name_matches(k, peft_config.target_modules)]
-        self._check_targeted(peft_config, self._check_targets_exist(peft_config, model))
+        if peft_config.target_modules or not parameters:
+            self._check_targeted(peft_config, self._check_targets_exist(peft_config, model))
         keep_4bit_training_layout(model)
         if task_name(peft_config) == "SEQ_CLS" and preset is not None and preset.head_dense:
             self._prepare_head(peft_config, model, preset.head_dense)

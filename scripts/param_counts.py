@@ -1,7 +1,8 @@
 """Trainable parameters of each method on the paper's models, beside the paper's figures, and on
 models newer than the paper (their published configs).
 
-    python scripts/param_counts.py              # Markdown tables (models built on the meta device: no weights)
+    python scripts/param_counts.py              # Markdown tables (models built on the meta device: no weights);
+                                                # the last: the MoE models' experts adapted (target_parameters)
     python scripts/param_counts.py --baselines  # Tables 1-3's baselines, as the runner builds them, beside the paper
 
 Counts what the paper counts: TT cores, adapter biases, layer norms, tensorized head, label head. The
@@ -53,6 +54,10 @@ MODERN = {
     "Mixtral-8x7B": ("CAUSAL_LM", "mixtral", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                                                   num_attention_heads=32, num_key_value_heads=8, num_local_experts=8,
                                                   num_experts_per_tok=2, vocab_size=32000), ["q_proj", "v_proj"]),
+    "Qwen3-30B-A3B": ("CAUSAL_LM", "qwen3_moe", dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=48,
+                                                     num_attention_heads=32, num_key_value_heads=4, head_dim=128,
+                                                     num_experts=128, num_experts_per_tok=8, moe_intermediate_size=768,
+                                                     vocab_size=151936), ["q_proj", "v_proj"]),
     # latent attention (no v_proj): LoRETTA_rep and LoRA on the query's and the keys' and values' up-projections
     "DeepSeek-V3": ("CAUSAL_LM", "deepseek_v3", dict(hidden_size=7168, intermediate_size=18432, num_hidden_layers=61,
                                                      num_attention_heads=128, num_key_value_heads=128,
@@ -73,6 +78,10 @@ MODERN = {
                                                  feed_forward_proj="gated-gelu", vocab_size=32128,
                                                  tie_word_embeddings=False), ["q", "v"]),
 }
+
+# The mixture-of-experts models above, their experts' stacked weights adapted (target_parameters)
+EXPERT_MODELS = ["Mixtral-8x7B", "Qwen3-30B-A3B", "DeepSeek-V3"]
+EXPERT_WEIGHTS = ["experts.gate_up_proj", "experts.down_proj"]
 
 # The paper's Tables 1-3 (trainable parameters, millions)
 PAPER = {
@@ -95,8 +104,13 @@ def count(name: str, method: str, **overrides) -> int:
         "adp": lambda: LorettaAdpConfig(task_type=task, **overrides),
         "rep": lambda: LorettaRepConfig(task_type=task, **overrides),
         "lora": lambda: LoraConfig(task_type=task, r=8, target_modules=lora_targets),
+        # the experts alone: no other layer, no norm
+        "rep_experts": lambda: LorettaRepConfig(task_type=task, target_modules=[], target_parameters=EXPERT_WEIGHTS,
+                                                lora_dropout=0.0, trainable_layer_norms=False, **overrides),
+        "lora_experts": lambda: LoraConfig(task_type=task, r=8, target_modules=[], target_parameters=EXPERT_WEIGHTS),
     }[method]()
-    model = get_peft_model(model, peft_config)
+    # LoRA's expert factors are created on the meta device as the model is (DeepSeek-V3's: 2.4G floats)
+    model = get_peft_model(model, peft_config, low_cpu_mem_usage=method == "lora_experts")
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
@@ -158,6 +172,16 @@ def main() -> None:
     for name in MODERN:
         adp, rep8, lora = count(name, "adp", tensor_rank=5), count(name, "rep", tensor_rank=8), count(name, "lora")
         print(f"| {name} | {adp:,} | {rep8:,} | {lora:,} | {adp / lora:.2f}x | {rep8 / lora:.2f}x |")
+    print()
+    print("| experts adapted (`target_parameters`) | expert weight matrices | LoRETTA_rep (rank 8) | "
+          "LoRA r=8 (peft) | rep / LoRA |")
+    print("|---|---:|---:|---:|---:|")
+    for name in EXPERT_MODELS:
+        rep8, lora = count(name, "rep_experts", tensor_rank=8), count(name, "lora_experts")
+        _, _, sizes, _ = MODERN[name]
+        experts = next(sizes[k] for k in ("num_local_experts", "num_experts", "n_routed_experts") if k in sizes)
+        moe_layers = sizes["num_hidden_layers"] - sizes.get("first_k_dense_replace", 0)
+        print(f"| {name} | {2 * experts * moe_layers:,} | {rep8:,} | {lora:,} | {rep8 / lora:.3f}x |")
 
 
 if __name__ == "__main__":

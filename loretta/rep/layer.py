@@ -4,6 +4,7 @@ from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -12,7 +13,7 @@ from ..quantized import add_to_weight
 from ..tt_linear import checked_in_this_pass, current_checked_pass, graph_wanted, held_is_stale
 
 
-def _lora_factors(a, b, a0=None, negated_b0=None) -> tuple[torch.Tensor, torch.Tensor]:
+def lora_factors(a, b, a0=None, negated_b0=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(A^T, B), or with noise reduction ([A | A0]^T, [B ; -B0]), whose product is A @ B - A0 @ B0; for
     one layer (A in x r, B r x out) or a stack of them (G x ...). A^T comes out contiguous."""
     if a0 is None:
@@ -20,10 +21,17 @@ def _lora_factors(a, b, a0=None, negated_b0=None) -> tuple[torch.Tensor, torch.T
     return torch.cat([a.mT, a0.mT], dim=-2), torch.cat([b, negated_b0], dim=-2)
 
 
-class LorettaRepLayer(LorettaLayerBase):
-    """A base layer plus LoRA updates whose factors are TT layers: y = base(x) + B(A(dropout(x))) * scaling."""
+class LorettaRepTunerLayer(BaseTunerLayer):
+    """What PEFT looks for (the tuner's tuner_layer_cls) to activate, freeze and delete LoRETTA_rep adapters:
+    the layer around a linear layer (LorettaRepLayer) and the one around a stacked expert weight
+    (experts.ParamWrapper)."""
 
     adapter_layer_names = ("loretta_rep_A", "loretta_rep_B")
+
+
+class LorettaRepLayer(LorettaLayerBase, LorettaRepTunerLayer):
+    """A base layer plus LoRA updates whose factors are TT layers: y = base(x) + B(A(dropout(x))) * scaling."""
+
     other_param_names = ("r", "scaling", "loretta_rep_dropout")
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config):
@@ -165,7 +173,7 @@ class LorettaRepLayer(LorettaLayerBase):
                 with torch.no_grad():
                     stacked += [torch.stack([a.initial_matrix() for a, _ in pairs]),
                                 torch.stack([b.negated_initial_matrix() for _, b in pairs])]
-            a_t, b = _lora_factors(*stacked)
+            a_t, b = lora_factors(*stacked)
             b_scaled = b * scaling
             a_t, b_scaled = a_t.to(cast), b_scaled.to(cast)
             for (layer, name), a_i, b_i in zip(group, a_t.unbind(0), b_scaled.unbind(0)):
@@ -200,8 +208,8 @@ class LorettaRepLayer(LorettaLayerBase):
         ran 2x faster on this project's CPU than with A stored (in x k) (tt_linear.difference_factors)."""
         a_layer, b_layer = self.loretta_rep_A[name], self.loretta_rep_B[name]
         if b_layer.initial_cores is None:
-            return _lora_factors(a_layer.weight_matrix(), b_layer.weight_matrix())
-        return _lora_factors(a_layer.weight_matrix(), b_layer.weight_matrix(), a_layer.initial_matrix(),
+            return lora_factors(a_layer.weight_matrix(), b_layer.weight_matrix())
+        return lora_factors(a_layer.weight_matrix(), b_layer.weight_matrix(), a_layer.initial_matrix(),
                              b_layer.negated_initial_matrix())
 
     # merging

@@ -132,6 +132,21 @@ def test_latent_attention_at_full_size_deepseek_v3():
     assert trainable(rep) == 61 * (1_504 + 2_160 + 1_152 + 2_176) + norms == 1_433_104
 
 
+def test_every_expert_at_full_size_mixtral_8x7b():
+    """Mixtral-8x7B's experts adapted (target_parameters), counted by hand: in each of 32 layers, 8 experts with
+    their own LoRETTA_rep factors at rank 8 on gate_up_proj (4,096 -> 2 x 14,336): A = TT 4096x8 [16,16,8,4,4]
+    (1,952), B = TT 8x28672 [8,8,8,8,8,7] (2,168); on down_proj (14,336 -> 4,096): A = TT 14336x8 [4,7,8,8,8,8]
+    (2,080), B = TT 8x4096 [16,16,8,4,4] (1,952). Nothing else trains (target_modules=[], no norms)."""
+    cfg = AutoConfig.for_model("mixtral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                               num_attention_heads=32, num_key_value_heads=8, num_local_experts=8,
+                               num_experts_per_tok=2, vocab_size=32000)
+    config = LorettaRepConfig(task_type="CAUSAL_LM", tensor_rank=8, lora_dropout=0.0, target_modules=[],
+                              target_parameters=["experts.gate_up_proj", "experts.down_proj"],
+                              trainable_layer_norms=False)
+    rep = get_peft_model(_meta(AutoModelForCausalLM.from_config, cfg), config)
+    assert trainable(rep) == 32 * 8 * (1_952 + 2_168 + 2_080 + 1_952) == 2_086_912
+
+
 def test_an_encoder_decoder_at_full_size_flan_t5_large():
     """The T5 preset at FLAN-T5-large's published size, counted by hand: each of the 24 encoder and 24
     decoder feed-forward blocks has three adapters (gated wi_0 / wi_1 input, wo output) of TT 1024x64
@@ -156,6 +171,6 @@ def test_the_readme_tables_are_what_the_script_prints():
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
-    assert len(rows) == 2 + 5 + 10  # two headers, the paper's five models, ten newer ones
+    assert len(rows) == 3 + 5 + 11 + 3  # three headers, the paper's five models, eleven newer ones, three with experts
     readme = (repo / "README.md").read_text().replace("**", "")
     assert [row for row in rows if row not in readme] == []

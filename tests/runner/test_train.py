@@ -296,3 +296,23 @@ def test_target_modules_all_linear_from_the_command_line(method, kinds, tmp_path
                           "adapter_config.json").read_text())
     every = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     assert {name.rsplit(".", 1)[-1] for name in adapter["target_modules"]} == every
+
+
+def test_moe_expert_weights_from_the_command_line(kinds, tmp_path):
+    """LoRETTA_rep on a mixture of experts' stacked weights (`method.target_parameters`), end to end: trained,
+    and the saved adapter holds each wrapped weight's TT cores and names the weights for from_pretrained."""
+    from safetensors.torch import load_file
+
+    task, data_dir, extra = kinds["multiple_choice"]
+    moe = ["model.config.model_type=qwen3_moe", "+model.config.num_experts=4", "+model.config.num_experts_per_tok=2",
+           "+model.config.moe_intermediate_size=32"]
+    experts = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
+    record = run(["model=tiny-llama", *moe, f"task={task}", f"task.data_dir={data_dir}", *extra, "method=loretta_rep",
+                  f"method.target_parameters=[{','.join(experts)}]", "method.lora_dropout=0"], tmp_path)
+    assert record["status"] == "completed" and math.isfinite(record["metrics"]["loss"])
+    adapter = tmp_path / task / "tiny-llama" / "loretta_rep" / "seed0" / "adapter"
+    assert json.loads((adapter / "adapter_config.json").read_text())["target_parameters"] == experts
+    saved = load_file(adapter / "adapter_model.safetensors")
+    # two layers, two weights each (one wrapper around the other), an A and a B factor per weight
+    stacked = {k.split(".cores.")[0] for k in saved if ".experts." in k and ".cores." in k}
+    assert len(stacked) == 2 * 2 * 2
