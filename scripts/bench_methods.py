@@ -4,6 +4,8 @@
     python scripts/bench_methods.py --preset llama-small-cpu       # CPU, small LLaMA shape
     python scripts/bench_methods.py --preset llama2-7b-gpu         # GPU, LLaMA-2-7B shape, bf16, 4x512
     python scripts/bench_methods.py --preset deberta-base-gpu      # GPU, DeBERTa-base, fp32, 32x128
+    python scripts/bench_methods.py --preset moe-small-cpu --methods floor lora_experts loretta_rep_experts
+                                                                   # CPU, a mixture of experts' expert weights
 
 On a CPU each (method, round) runs in a fresh worker process, so that peak RSS is per method; on a
 GPU one worker per round measures the methods in turn (`--per-process`), each model freed before the
@@ -44,13 +46,16 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 
 METHODS = ("floor", "ft", "lora", "ia3", "adapters", "loretta_adp", "loretta_rep")
+# a mixture of experts' expert weights (target_parameters), nothing else: PEFT's LoRA and LoRETTA_rep
+EXPERT_METHODS = ("lora_experts", "loretta_rep_experts")
+EXPERT_WEIGHTS = ["experts.gate_up_proj", "experts.down_proj"]
 # not run by default (memory comparisons): LoRETTA with its layer norms frozen, as LoRA leaves them,
 # and with its trainable norms keeping their normalised input instead of recomputing it in backward;
 # LoRETTA_adp's projections multiplying by their two TT factors, or by the rebuilt matrix, whatever
 # the device's default (tt_forward: factors on a CPU, the matrix on a GPU)
 EXTRA_METHODS = ("loretta_adp_frozen_norms", "loretta_rep_frozen_norms",
                  "loretta_adp_stored_norms", "loretta_rep_stored_norms",
-                 "loretta_adp_factors", "loretta_adp_matrix")
+                 "loretta_adp_factors", "loretta_adp_matrix") + EXPERT_METHODS
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,18 @@ PRESETS = {
         "float32",
         "cpu",
     ),
+    # a mixture of experts (Qwen3-MoE's layout: 16 experts, two per token): the *_experts methods
+    "tiny-moe-cpu": Preset("qwen3_moe", "CAUSAL_LM", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                          num_attention_heads=4, num_key_value_heads=2,
+                                                          num_experts=4, num_experts_per_tok=2,
+                                                          moe_intermediate_size=32, vocab_size=100),
+                           2, 16, "float32", "cpu"),
+    "moe-small-cpu": Preset("qwen3_moe", "CAUSAL_LM", dict(hidden_size=512, intermediate_size=1408,
+                                                           num_hidden_layers=4, num_attention_heads=8,
+                                                           num_key_value_heads=2, head_dim=64, num_experts=16,
+                                                           num_experts_per_tok=2, moe_intermediate_size=704,
+                                                           vocab_size=32000),
+                            4, 128, "float32", "cpu"),
     "deberta-base-gpu": Preset("deberta", "SEQ_CLS", DEBERTA_BASE, 32, 128, "float32", "cuda"),
     "llama2-7b-gpu": Preset(
         "llama",
@@ -146,6 +163,10 @@ def wrap(model, method: str, preset: Preset):
         "loretta_rep_stored_norms": lambda: LorettaRepConfig(task_type=preset.task, recompute_layer_norms=False),
         "loretta_adp_factors": lambda: LorettaAdpConfig(task_type=preset.task, tt_forward="factors"),
         "loretta_adp_matrix": lambda: LorettaAdpConfig(task_type=preset.task, tt_forward="matrix"),
+        "lora_experts": lambda: LoraConfig(task_type=preset.task, r=8, lora_alpha=16, target_modules=[],
+                                           target_parameters=EXPERT_WEIGHTS),
+        "loretta_rep_experts": lambda: LorettaRepConfig(task_type=preset.task, target_modules=[],
+                                                        target_parameters=EXPERT_WEIGHTS, lora_dropout=0.0),
     }
     return get_peft_model(model, configs[method]())
 
@@ -445,6 +466,11 @@ def orchestrate(args, on_update=None) -> list[dict]:
     return rows_from(records, args.methods)
 
 
+def lora_reference(method: str) -> str:
+    """The LoRA a method is compared with: on the same expert weights for the *_experts methods."""
+    return "lora_experts" if method in EXPERT_METHODS else "lora"
+
+
 def rows_from(records: dict[str, list[tuple[int, dict]]], methods) -> list[dict]:
     """One row per method that has a record (measured, or why not), in `methods`' order."""
     measured = {m: [(i, r) for i, r in records.get(m, []) if "step_times" in r] for m in methods}
@@ -458,20 +484,22 @@ def rows_from(records: dict[str, list[tuple[int, dict]]], methods) -> list[dict]
     def first(method, key):
         return next((r[key] for _, r in measured[method] if r.get(key) is not None), None)
 
-    floor, lora, lora_flops = median("floor") if "floor" in measured else None, None, None
-    if "lora" in measured:
-        lora, lora_flops = median("lora"), first("lora", "flops")
+    floor = median("floor") if "floor" in measured else None
     rows = []
     for method in methods:
         if not records.get(method):
             continue
+        reference = lora_reference(method)
+        lora, lora_flops = None, None
+        if measured.get(reference):
+            lora, lora_flops = median(reference), first(reference, "flops")
         problems = [r.get("error") or f"skipped ({r['skipped']})" for _, r in records[method] if "step_times" not in r]
         if not measured[method]:
             rows.append({"method": method, "error": problems[-1], "steps": 0})
             continue
         m, flops, ops = median(method), first(method, "flops"), first(method, "ops")
         saved, by_type = first(method, "saved_activation_bytes"), first(method, "saved_by_module_type")
-        lora_rounds, own_rounds = by_round("lora") if lora else {}, by_round(method)
+        lora_rounds, own_rounds = by_round(reference) if lora else {}, by_round(method)
         rows.append({
             "method": method,
             "trainable_params": measured[method][0][1]["trainable_params"],
@@ -527,6 +555,8 @@ def markdown(rows, preset_name: str, memory_label: str) -> str:
                      f"{fmt(r['flops_vs_lora'], 3)} | {count(r['ops_per_step'])} | {r['peak_memory_gib']:.2f} | "
                      f"{fmt(r['saved_activations_mib'], 1)} | {r['trainable_state_mib']:.1f} |")
         notes += [f"- {r['method']}, {problem}" for problem in r.get("problems", [])]
+    if any(r["method"] in EXPERT_METHODS for r in rows):
+        lines += ["", "The *_experts rows' LoRA is lora_experts (PEFT's LoRA on the same expert weights)."]
     if notes:
         lines += ["", "Not measured (or not in every round):", *notes]
     return "\n".join(lines)
@@ -572,12 +602,12 @@ def count_only(preset_name: str, methods) -> str:
               f"{str(error).splitlines()[0]}); counting on the CPU at its shape", file=sys.stderr, flush=True)
         counts, where = counted_rows(preset_name, methods, "cpu"), "CPU"
     preset = PRESETS[preset_name]
-    lora = counts.get("lora")
     lines = [f"{preset_name}: {preset.model_type} {preset.dtype}, batch {preset.batch}x{preset.length}, "
              f"one forward and backward pass (counted on the {where}): FLOPs, and operators dispatched "
              "(views excluded)", "",
              "| method | GFLOP per step | FLOPs / LoRA | ops per step | ops beyond LoRA's |", "|---|---:|---:|---:|---:|"]
     for method, (flops, ops) in counts.items():
+        lora = counts.get(lora_reference(method))
         lines.append(f"| {method} | {flops / 1e9:,.1f} | {'—' if not lora else f'{flops / lora[0]:.3f}'} | "
                      f"{ops:,} | {'—' if not lora else f'{ops - lora[1]:+,}'} |")
     return "\n".join(lines)

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_methods.py"
 
 
@@ -43,6 +45,24 @@ def test_bench_methods_prints_a_row_per_method(tmp_path):
     # deterministic memory: every method saves at least the floor's activations; state is 16 B/param
     assert all(r["saved_activations_mib"] >= by_method["floor"]["saved_activations_mib"] > 0 for r in rows)
     assert by_method["lora"]["trainable_state_mib"] * 2**20 == 16 * by_method["lora"]["trainable_params"]
+
+
+def test_bench_methods_compares_expert_weights_with_lora_on_the_same_weights(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--preset", "tiny-moe-cpu", "--rounds", "1", "--steps", "1", "--warmup", "0",
+         "--per-process", "round", "--methods", "floor", "lora_experts", "loretta_rep_experts", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    by_method = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(by_method) == ["floor", "lora_experts", "loretta_rep_experts"]
+    lora, rep = by_method["lora_experts"], by_method["loretta_rep_experts"]
+    assert lora["vs_lora"] == 1.0 and lora["flops_vs_lora"] == 1.0
+    assert rep["vs_lora"] == pytest.approx(rep["median_step_ms"] / lora["median_step_ms"])
+    # per expert: LoRA's r x (in + out) against two small TT factors (and the trainable norms)
+    assert 0 < rep["trainable_params"] < lora["trainable_params"]
+    assert "The *_experts rows' LoRA is lora_experts" in proc.stdout
 
 
 def test_activation_memory_renders_what_the_bench_measured(tmp_path):
