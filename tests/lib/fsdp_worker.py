@@ -18,12 +18,16 @@ from tests.lib.tiny_models import tiny_batch, tiny_model
 CONFIGS = {
     "adp": lambda: LorettaAdpConfig(task_type="CAUSAL_LM", bottleneck_size=8, tensor_rank=3),
     "rep": lambda: LorettaRepConfig(task_type="CAUSAL_LM", r=4, tensor_rank=3, lora_dropout=0.0),
+    # a mixture of experts' expert weights (rep/experts.py): stacked cores sharded along the experts
+    "experts": lambda: LorettaRepConfig(task_type="CAUSAL_LM", r=4, tensor_rank=3, lora_dropout=0.0,
+                                        target_parameters=["experts.gate_up_proj", "experts.down_proj"]),
 }
+MODEL_TYPES = {"adp": "llama", "rep": "llama", "experts": "qwen3_moe"}
 
 
 def _model(method, dtype):
     torch.manual_seed(0)
-    return get_peft_model(tiny_model("llama", task="CAUSAL_LM").to(dtype), CONFIGS[method]())
+    return get_peft_model(tiny_model(MODEL_TYPES[method], task="CAUSAL_LM").to(dtype), CONFIGS[method]())
 
 
 def _optimizer(model):
@@ -85,7 +89,7 @@ def checkpoint_case(method, mesh, folder: Path) -> None:
     assert state.step == 2 and scheduler.last_epoch == 2
     assert _steps(resumed, optimizer, scheduler, batch) == expected, method
     if main:
-        loaded = PeftModel.from_pretrained(tiny_model("llama", task="CAUSAL_LM"), folder / "adapter")
+        loaded = PeftModel.from_pretrained(tiny_model(MODEL_TYPES[method], task="CAUSAL_LM"), folder / "adapter")
         with torch.no_grad():
             torch.testing.assert_close(loaded.eval()(**batch).logits, logits, rtol=0, atol=0)
 

@@ -10,7 +10,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 CASES = ["adp-float32-layers", "rep-float32-layers", "adp-bfloat16-layers", "rep-bfloat16-layers",
          "adp-float32-root", "rep-float32-root", "adp-float32-layers-checkpointing", "rep-float32-root-checkpointing",
-         "checkpoint-adp", "checkpoint-rep", "generate-adp", "generate-rep"]
+         "checkpoint-adp", "checkpoint-rep", "generate-adp", "generate-rep",
+         # LoRETTA_rep on a mixture of experts' expert weights: stacked cores sharded along the experts
+         "experts-float32-layers", "experts-bfloat16-layers-checkpointing", "checkpoint-experts"]
 
 
 def test_fully_sharded_training_evaluation_and_checkpoints_equal_the_unsharded_model():
