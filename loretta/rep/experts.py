@@ -89,9 +89,6 @@ class ParamWrapper(nn.Module, LorettaRepTunerLayer):
         self.set_adapter(self.active_adapters)  # a new adapter starts active only if it is the active one
         adapters_changed()
 
-    def _active(self) -> list[str]:
-        return [a for a in self.active_adapters if a in self.loretta_rep_A]
-
     def _factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(A^T (experts x k x in), B * scaling (experts x k x out)): their product is the update."""
         a_layer, b_layer = self.loretta_rep_A[name], self.loretta_rep_B[name]
@@ -139,11 +136,8 @@ class ParamWrapper(nn.Module, LorettaRepTunerLayer):
     # merging
 
     def merge(self, safe_merge: bool = False, adapter_names=None) -> None:
-        names = self._active() if adapter_names is None else [a for a in adapter_names if a in self.loretta_rep_A]
         param = self.get_param()
-        for name in names:
-            if name in self.merged_adapters:
-                continue
+        for name in self._adapters_to_merge(adapter_names):
             with torch.no_grad():
                 merged = param.data + self.get_delta_weight(name).to(param.dtype)
             if safe_merge and not torch.isfinite(merged).all():

@@ -28,6 +28,14 @@ class LorettaRepTunerLayer(BaseTunerLayer):
 
     adapter_layer_names = ("loretta_rep_A", "loretta_rep_B")
 
+    def _active(self) -> list[str]:
+        return [a for a in self.active_adapters if a in self.loretta_rep_A]
+
+    def _adapters_to_merge(self, adapter_names) -> list[str]:
+        """What merge() adds: the adapters named (default: the active ones) that this layer holds, unmerged."""
+        names = self._active() if adapter_names is None else [a for a in adapter_names if a in self.loretta_rep_A]
+        return [name for name in names if name not in self.merged_adapters]
+
 
 class LorettaRepLayer(LorettaLayerBase, LorettaRepTunerLayer):
     """A base layer plus LoRA updates whose factors are TT layers: y = base(x) + B(A(dropout(x))) * scaling."""
@@ -68,9 +76,6 @@ class LorettaRepLayer(LorettaLayerBase, LorettaRepTunerLayer):
 
     def activation_dtype(self) -> None:
         return None  # the factors are cast after [A | A0] is put together (_factors), not by TTLinear
-
-    def _active(self) -> list[str]:
-        return [a for a in self.active_adapters if a in self.loretta_rep_A]
 
     def forward(self, x: torch.Tensor, *args, adapter_names=None, **kwargs) -> torch.Tensor:
         if adapter_names is not None:
@@ -221,11 +226,8 @@ class LorettaRepLayer(LorettaLayerBase, LorettaRepTunerLayer):
         return delta if isinstance(self.get_base_layer(), Conv1D) else delta.t()
 
     def merge(self, safe_merge: bool = False, adapter_names=None) -> None:
-        names = self._active() if adapter_names is None else [a for a in adapter_names if a in self.loretta_rep_A]
         base = self.get_base_layer()
-        for name in names:
-            if name in self.merged_adapters:
-                continue
+        for name in self._adapters_to_merge(adapter_names):
             add_to_weight(base, self.get_delta_weight(name).detach(), safe_merge=safe_merge, adapter_name=name)
             self.merged_adapters.append(name)
 

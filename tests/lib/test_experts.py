@@ -10,7 +10,7 @@ from loretta import LorettaRepConfig, LorettaRepLayer, get_peft_model, tt_num_pa
 from loretta.rep.experts import ParamWrapper
 from loretta.tt_shapes import resolve_tt_shape
 
-from .tiny_models import MOE_DECODERS, tiny_batch, tiny_model
+from .tiny_models import MOE_DECODERS, logits, perturb_trainable, tiny_batch, tiny_model
 
 EXPERTS = ["experts.gate_up_proj", "experts.down_proj"]
 
@@ -24,17 +24,8 @@ def _wrappers(model):
     return [m for m in model.modules() if isinstance(m, ParamWrapper)]
 
 
-def _logits(model, batch):
-    with torch.no_grad():
-        return model(**batch).logits
-
-
 def _perturb(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    perturb_trainable(model, seed, scale=0.1)
 
 
 def _expert_cores(model):
@@ -46,19 +37,19 @@ def test_every_expert_weight_trains_in_every_moe_family(model_type):
     torch.manual_seed(0)
     base = tiny_model(model_type, task="CAUSAL_LM")
     batch = tiny_batch(base)
-    before = _logits(base, batch)
+    before = logits(base, batch)
     model = get_peft_model(base, _config(target_modules=[]))
     stacks = {m.parameter_name for m in _wrappers(model)}
     assert stacks == {"gate_up_proj", "down_proj"}
     assert not any(isinstance(m, LorettaRepLayer) for m in model.modules())  # target_modules=[]: the experts alone
-    torch.testing.assert_close(_logits(model, batch), before, rtol=0, atol=1e-5)  # noise reduction: unchanged
+    torch.testing.assert_close(logits(model, batch), before, rtol=0, atol=1e-5)  # noise reduction: unchanged
     _perturb(model)
     model.train()(**batch, labels=batch["input_ids"]).loss.backward()
     cores = _expert_cores(model)
     assert cores and all(p.grad is not None and p.grad.abs().sum() > 0 for p in cores.values()), model_type
-    after = _logits(model.eval(), batch)
+    after = logits(model.eval(), batch)
     assert not torch.allclose(after, before, atol=1e-4)
-    torch.testing.assert_close(_logits(model.merge_and_unload(), batch), after, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits(model.merge_and_unload(), batch), after, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("implementation", ["eager", "batched_mm", "grouped_mm"])
@@ -68,13 +59,13 @@ def test_the_update_is_the_same_whichever_experts_kernel_runs(implementation):
     model = get_peft_model(tiny_model("qwen3_moe", task="CAUSAL_LM"), _config(target_modules=[]))
     _perturb(model)
     batch = tiny_batch(model)
-    reference = _logits(model, batch)
+    reference = logits(model, batch)
     model.base_model.model.config._experts_implementation = implementation
-    torch.testing.assert_close(_logits(model, batch), reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits(model, batch), reference, rtol=1e-5, atol=1e-5)
     with torch.no_grad():
         merged = model.merge_and_unload()
     merged.config._experts_implementation = implementation
-    torch.testing.assert_close(_logits(merged, batch), reference, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits(merged, batch), reference, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("model_type", ["qwen3_moe", "gpt_oss"])  # weights stored (out x in) / (in x out)
@@ -143,36 +134,36 @@ def test_save_and_load_round_trip(tmp_path):
     model = get_peft_model(tiny_model("mixtral", task="CAUSAL_LM"), _config())
     _perturb(model)
     batch = tiny_batch(model)
-    expected = _logits(model, batch)
+    expected = logits(model, batch)
     model.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "adapter_config.json").read_text())["target_parameters"] == EXPERTS
     torch.manual_seed(1)  # other initial cores: everything that matters is loaded
     loaded = PeftModel.from_pretrained(tiny_model("mixtral", task="CAUSAL_LM"), tmp_path)
-    torch.testing.assert_close(_logits(loaded, batch), expected)
+    torch.testing.assert_close(logits(loaded, batch), expected)
 
 
 def test_named_adapters_switch_disable_and_unload():
     torch.manual_seed(0)
     base = tiny_model("qwen3_moe", task="CAUSAL_LM")
     batch = tiny_batch(base)
-    plain = _logits(base, batch)
+    plain = logits(base, batch)
     model = get_peft_model(base, _config(target_modules=[], trainable_layer_norms=False))
     _perturb(model, seed=0)
-    first = _logits(model, batch)
+    first = logits(model, batch)
     model.add_adapter("other", _config(target_modules=[], trainable_layer_norms=False))
     model.set_adapter("other")
     _perturb(model, seed=1)
-    other = _logits(model, batch)
+    other = logits(model, batch)
     assert not torch.allclose(first, other, atol=1e-4)
     model.set_adapter("default")
-    torch.testing.assert_close(_logits(model, batch), first)
+    torch.testing.assert_close(logits(model, batch), first)
     with model.disable_adapter():
-        torch.testing.assert_close(_logits(model, batch), plain)
+        torch.testing.assert_close(logits(model, batch), plain)
     model.delete_adapter("other")
     assert all(set(w.loretta_rep_A) == {"default"} for w in _wrappers(model))
     unloaded = model.unload()  # without merging: the base weights as they were
     assert not _wrappers(unloaded)
-    torch.testing.assert_close(_logits(unloaded, batch), plain)
+    torch.testing.assert_close(logits(unloaded, batch), plain)
 
 
 def test_merge_and_unmerge_in_place():
@@ -180,13 +171,13 @@ def test_merge_and_unmerge_in_place():
     model = get_peft_model(tiny_model("qwen3_moe", task="CAUSAL_LM"), _config(target_modules=[]))
     _perturb(model)
     batch = tiny_batch(model)
-    unmerged = _logits(model, batch)
+    unmerged = logits(model, batch)
     weight = _wrappers(model)[0].get_param().detach().clone()
     model.merge_adapter()
-    torch.testing.assert_close(_logits(model, batch), unmerged, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits(model, batch), unmerged, rtol=1e-4, atol=1e-4)
     model.unmerge_adapter()
     torch.testing.assert_close(_wrappers(model)[0].get_param(), weight, rtol=0, atol=1e-6)
-    torch.testing.assert_close(_logits(model, batch), unmerged)
+    torch.testing.assert_close(logits(model, batch), unmerged)
 
 
 def test_layer_selection_applies_to_expert_weights():
@@ -277,10 +268,10 @@ def test_mixed_batches_run_when_no_named_adapter_adapts_the_experts():
     _perturb(model)
     model.eval()
     batch = tiny_batch(model)
-    mixed = _logits(model, {**batch, "adapter_names": ["default", "__base__"]})
-    torch.testing.assert_close(mixed[:1], _logits(model, {k: v[:1] for k, v in batch.items()}))
+    mixed = logits(model, {**batch, "adapter_names": ["default", "__base__"]})
+    torch.testing.assert_close(mixed[:1], logits(model, {k: v[:1] for k, v in batch.items()}))
     with model.disable_adapter():
-        torch.testing.assert_close(mixed[1:], _logits(model, {k: v[1:] for k, v in batch.items()}))
+        torch.testing.assert_close(mixed[1:], logits(model, {k: v[1:] for k, v in batch.items()}))
 
 
 def test_generation_with_cache_matches_the_merged_model():

@@ -9,27 +9,14 @@ from loretta import LorettaAdpConfig, LorettaAdpLayer, LorettaRepConfig, Loretta
 
 from loretta.presets import FAMILY_PRESETS
 
-from .tiny_models import ALL_FAMILIES, DECODERS, SEQ2SEQ, VLM_DECODERS, default_task, tiny_batch, tiny_model
+from .tiny_models import (ALL_FAMILIES, DECODERS, SEQ2SEQ, VLM_DECODERS, default_task, logits, perturb_trainable,
+                          tiny_batch, tiny_model)
 
 METHODS = {
     "adp": lambda task, **kw: LorettaAdpConfig(task_type=task, tensor_rank=3, bottleneck_size=8, **kw),
     "rep": lambda task, **kw: LorettaRepConfig(task_type=task, tensor_rank=3, r=4, lora_dropout=0.0, **kw),
 }
 LAYER_CLS = {"adp": LorettaAdpLayer, "rep": LorettaRepLayer}
-
-
-def _logits(model, batch):
-    with torch.no_grad():
-        return model(**batch).logits
-
-
-def _perturb_adapters(model, seed=0):
-    """Stand-in for training: move every trainable parameter."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=g) * 0.05)
 
 
 def test_public_api_from_the_readme_works_verbatim(capsys):
@@ -81,11 +68,11 @@ def test_a_task_type_member_builds_the_model_its_name_builds(tmp_path, family, t
     by_name = get_peft_model(_base(family, task), METHODS[method](task, **extra))
     by_member = get_peft_model(_base(family, task), METHODS[method](TaskType[task], **extra))
     assert trainable(by_member) == trainable(by_name)
-    _perturb_adapters(by_member)
+    perturb_trainable(by_member)
     by_member.save_pretrained(tmp_path)
     loaded = PeftModel.from_pretrained(_base(family, task), tmp_path)
     batch = tiny_batch(loaded)
-    torch.testing.assert_close(_logits(loaded, batch), _logits(by_member, batch), rtol=0, atol=0)
+    torch.testing.assert_close(logits(loaded, batch), logits(by_member, batch), rtol=0, atol=0)
 
 
 def test_token_classification_and_seq2seq_models():
@@ -197,7 +184,7 @@ def test_encoder_decoders_classify_with_a_tensorized_head_and_generate(family, m
     assert head.modules_to_save["default"].out_proj.weight.grad is not None  # the label projection trains
 
     lm = get_peft_model(tiny_model(family, task="SEQ_2_SEQ_LM"), METHODS[method]("SEQ_2_SEQ_LM"))
-    _perturb_adapters(lm)
+    perturb_trainable(lm)
     out = lm.eval().generate(input_ids=batch["input_ids"], max_new_tokens=4, do_sample=False,
                              output_logits=True, return_dict_in_generate=True)
     with torch.no_grad():  # generate()'s last step, with its cache, is the adapted model's full forward
@@ -287,19 +274,19 @@ def test_vision_language_models_adapt_the_language_model_only(tmp_path, family, 
     assert adapted and all(scope in n for n in adapted)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert any("norm" in n for n in trainable) and all(scope in n for n in trainable)
-    _perturb_adapters(model)
+    perturb_trainable(model)
     batch = tiny_batch(model)
-    expected = _logits(model, batch)
+    expected = logits(model, batch)
     model.save_pretrained(tmp_path)
     loaded = PeftModel.from_pretrained(tiny_model(family, task="CAUSAL_LM"), tmp_path)
-    torch.testing.assert_close(_logits(loaded, batch), expected, rtol=0, atol=0)
+    torch.testing.assert_close(logits(loaded, batch), expected, rtol=0, atol=0)
 
 
 def test_a_vision_language_model_still_reads_images():
     base = tiny_model("gemma3", task="CAUSAL_LM")
     torch.nn.init.normal_(base.model.multi_modal_projector.mm_input_projection_weight)  # from_config: zeros
     model = get_peft_model(base, METHODS["adp"]("CAUSAL_LM"))
-    _perturb_adapters(model)
+    perturb_trainable(model)
     ids = torch.tensor([[5, 297] + [299] * 4 + [298, 6, 7]])  # text, <start of image>, 4 image tokens, <end>, text
     pixels, other = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32)
     with torch.no_grad():  # the image reaches the adapted model's output
@@ -350,19 +337,19 @@ def test_output_preserving_inits_leave_output_unchanged_and_gaussian_does_not(fa
     task = default_task(family)
     base = tiny_model(family, task=task)
     batch = tiny_batch(base)
-    before = _logits(base, batch)
+    before = logits(base, batch)
     model = get_peft_model(base, METHODS[method](task, init_method=init))
-    torch.testing.assert_close(_logits(model, batch), before)
+    torch.testing.assert_close(logits(model, batch), before)
     model = get_peft_model(tiny_model(family, task=task), METHODS[method](task, init_method="gaussian"))
-    assert not torch.allclose(_logits(model, batch), before)
+    assert not torch.allclose(logits(model, batch), before)
 
 
 def test_identity_init_unchanged_for_encoders_with_a_dense_head():
     base = tiny_model("roberta")
     batch = tiny_batch(base)
-    before = _logits(base, batch)
+    before = logits(base, batch)
     model = get_peft_model(base, METHODS["adp"]("SEQ_CLS", tensorized_head=False))
-    torch.testing.assert_close(_logits(model, batch), before)
+    torch.testing.assert_close(logits(model, batch), before)
 
 
 @pytest.mark.parametrize("family", ["bert", "roberta", "deberta", "distilbert", "modernbert", "llama", "gpt2", "t5",
@@ -372,12 +359,12 @@ def test_identity_init_unchanged_for_encoders_with_a_dense_head():
 def test_save_and_load_round_trip_everything_trained(tmp_path, family, method, init):
     task = default_task(family)
     model = get_peft_model(tiny_model(family, task=task), METHODS[method](task, init_method=init))
-    _perturb_adapters(model)
+    perturb_trainable(model)
     batch = tiny_batch(model)
-    expected = _logits(model, batch)
+    expected = logits(model, batch)
     model.save_pretrained(tmp_path)
     loaded = PeftModel.from_pretrained(tiny_model(family, task=task), tmp_path)
-    torch.testing.assert_close(_logits(loaded, batch), expected)
+    torch.testing.assert_close(logits(loaded, batch), expected)
     trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
     restored = dict(loaded.named_parameters())
     for name, p in trained.items():
@@ -394,15 +381,15 @@ def test_auto_peft_model_loads_for_inference_and_is_trainable_resumes_training(t
     base.save_pretrained(tmp_path / "base")
     model = get_peft_model(base, METHODS[method](task))
     model.peft_config["default"].base_model_name_or_path = str(tmp_path / "base")  # what a hub id would be
-    _perturb_adapters(model)
+    perturb_trainable(model)
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
     batch = tiny_batch(model)
-    expected = _logits(model.eval(), batch)
+    expected = logits(model.eval(), batch)
     model.save_pretrained(tmp_path / "adapter")
 
     auto_cls = AutoPeftModelForSequenceClassification if task == "SEQ_CLS" else AutoPeftModelForCausalLM
     loaded = auto_cls.from_pretrained(tmp_path / "adapter")
-    torch.testing.assert_close(_logits(loaded.eval(), batch), expected)
+    torch.testing.assert_close(logits(loaded.eval(), batch), expected)
     assert not any(p.requires_grad for p in loaded.parameters())  # PEFT's default: inference only
 
     resumed = PeftModel.from_pretrained(tiny_model(family, task=task), tmp_path / "adapter", is_trainable=True)
@@ -440,18 +427,18 @@ def test_peft_low_level_api_injects_and_round_trips_the_state_dict(method):
     model = injected(adapter_seed=0)
     assert sum(isinstance(m, LAYER_CLS[method]) for m in model.modules()) > 0
     batch = tiny_batch(model)
-    base_logits = _logits(model, batch)
-    _perturb_adapters(model)
-    adapted = _logits(model, batch)
+    base_logits = logits(model, batch)
+    perturb_trainable(model)
+    adapted = logits(model, batch)
     assert not torch.allclose(base_logits, adapted)
     saved = get_peft_model_state_dict(model)
     assert any("layernorm" in k for k in saved) and not any("base_layer" in k for k in saved)
 
     other = injected(adapter_seed=1)  # other initial cores, all overwritten by the load
-    assert not torch.allclose(_logits(other, batch), adapted)
+    assert not torch.allclose(logits(other, batch), adapted)
     result = set_peft_model_state_dict(other, saved)
     assert not result.unexpected_keys
-    torch.testing.assert_close(_logits(other, batch), adapted)
+    torch.testing.assert_close(logits(other, batch), adapted)
 
 
 @pytest.mark.parametrize("family", ["llama", "bert", "roberta", "deberta", "bart"])
@@ -463,15 +450,15 @@ def test_disable_adapter_gives_the_base_model(family, method):
     task = default_task(family)
     base = tiny_model(family, task=task)
     batch = tiny_batch(base)
-    before = _logits(base, batch)
+    before = logits(base, batch)
     model = get_peft_model(base, METHODS[method](task)).eval()
-    _perturb_adapters(model)
-    adapted = _logits(model, batch)
+    perturb_trainable(model)
+    adapted = logits(model, batch)
     assert not torch.allclose(adapted, before)
     with model.disable_adapter():
-        torch.testing.assert_close(_logits(model, batch), before, rtol=0, atol=0)
-    torch.testing.assert_close(_logits(model, batch), adapted)
-    mixed = _logits(model, {**batch, "adapter_names": ["__base__", "default"]})
+        torch.testing.assert_close(logits(model, batch), before, rtol=0, atol=0)
+    torch.testing.assert_close(logits(model, batch), adapted)
+    mixed = logits(model, {**batch, "adapter_names": ["__base__", "default"]})
     torch.testing.assert_close(mixed[0], before[0], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(mixed[1], adapted[1], rtol=1e-6, atol=1e-6)
 
@@ -479,20 +466,20 @@ def test_disable_adapter_gives_the_base_model(family, method):
 @pytest.mark.parametrize("method", ["adp", "rep"])
 def test_several_named_adapters(method):
     model = get_peft_model(tiny_model("llama", task="CAUSAL_LM"), METHODS[method]("CAUSAL_LM"))
-    _perturb_adapters(model, seed=1)
+    perturb_trainable(model, seed=1)
     batch = tiny_batch(model)
-    first = _logits(model, batch)
+    first = logits(model, batch)
     model.add_adapter("second", METHODS[method]("CAUSAL_LM"))
     model.set_adapter("second")
-    _perturb_adapters(model, seed=2)
-    second = _logits(model, batch)
+    perturb_trainable(model, seed=2)
+    second = logits(model, batch)
     assert not torch.allclose(first, second)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(".second" in n for n in trainable if "loretta_" in n)
     model.set_adapter("default")
-    torch.testing.assert_close(_logits(model, batch), first)
+    torch.testing.assert_close(logits(model, batch), first)
     model.delete_adapter("second")
-    torch.testing.assert_close(_logits(model, batch), first)
+    torch.testing.assert_close(logits(model, batch), first)
     # nothing of the deleted adapter stays behind (LoRETTA_rep's factors put together for the model)
     held = [name for m in model.modules() for name in getattr(m, "_held_factors", {})]
     assert "second" not in held and (method == "adp" or "default" in held)
@@ -504,41 +491,41 @@ def test_several_named_adapters(method):
 def test_rep_merge_unmerge_and_merge_and_unload(family, init):
     task = default_task(family)
     model = get_peft_model(tiny_model(family, task=task), METHODS["rep"](task, init_method=init))
-    _perturb_adapters(model)
+    perturb_trainable(model)
     batch = tiny_batch(model)
-    unmerged = _logits(model, batch)
+    unmerged = logits(model, batch)
     model.merge_adapter()
-    torch.testing.assert_close(_logits(model, batch), unmerged, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits(model, batch), unmerged, rtol=1e-5, atol=1e-5)
     model.unmerge_adapter()
-    torch.testing.assert_close(_logits(model, batch), unmerged, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits(model, batch), unmerged, rtol=1e-5, atol=1e-5)
     merged = model.merge_and_unload()
     assert not any(isinstance(m, (LorettaRepLayer, TTLinear)) for m in merged.modules())
     assert type(merged).__module__.startswith("transformers.")
-    torch.testing.assert_close(_logits(merged, batch), unmerged, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits(merged, batch), unmerged, rtol=1e-5, atol=1e-5)
 
 
 def test_rep_merged_model_saves_as_a_stock_transformers_model(tmp_path):
     from transformers import AutoModelForSequenceClassification
 
     model = get_peft_model(tiny_model("roberta"), METHODS["rep"]("SEQ_CLS"))
-    _perturb_adapters(model)
+    perturb_trainable(model)
     batch = tiny_batch(model)
-    expected = _logits(model, batch)
+    expected = logits(model, batch)
     model.merge_and_unload().save_pretrained(tmp_path)
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
-    torch.testing.assert_close(_logits(reloaded, batch), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logits(reloaded, batch), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("method", ["adp", "rep"])
 def test_unload_returns_the_base_architecture(method):
     base = tiny_model("llama", task="CAUSAL_LM")
     batch = tiny_batch(base)
-    before = _logits(base, batch)
+    before = logits(base, batch)
     model = get_peft_model(base, METHODS[method]("CAUSAL_LM", trainable_layer_norms=False))
-    _perturb_adapters(model)
+    perturb_trainable(model)
     plain = model.unload()
     assert not any(isinstance(m, (LorettaAdpLayer, LorettaRepLayer)) for m in plain.modules())
-    torch.testing.assert_close(_logits(plain, batch), before)
+    torch.testing.assert_close(logits(plain, batch), before)
 
 
 def test_adp_cannot_be_merged_with_a_clear_error():

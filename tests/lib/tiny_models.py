@@ -225,3 +225,17 @@ def tiny_batch(model, batch: int = 2, length: int = 8, seed: int = 1):
     if model.config.model_type in ("gemma3", "paligemma"):  # which tokens are image tokens (asked for in training)
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def logits(model, batch):
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def perturb_trainable(model, seed: int = 0, scale: float = 0.05) -> None:
+    """Stand-in for training: move every trainable parameter."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=g) * scale)
