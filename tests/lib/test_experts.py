@@ -299,3 +299,34 @@ def test_generation_with_cache_matches_the_merged_model():
         merged = model.merge_and_unload().generate(input_ids=prompt, **kwargs)
     assert generated.shape[1] == prompt.shape[1] + 6
     torch.testing.assert_close(generated, merged)
+
+
+def test_transformers_own_load_adapter_restores_the_expert_updates(tmp_path):
+    torch.manual_seed(0)
+    model = get_peft_model(tiny_model("qwen3_moe", task="CAUSAL_LM"), _config(target_modules=[]))
+    _perturb(model)
+    batch = tiny_batch(model)
+    expected = logits(model, batch)
+    model.save_pretrained(tmp_path)
+    plain = tiny_model("qwen3_moe", task="CAUSAL_LM")
+    plain.load_adapter(str(tmp_path))
+    assert _wrappers(plain)
+    torch.testing.assert_close(logits(plain, batch), expected)
+
+
+@pytest.mark.parametrize("init_method, unchanged", [("noise_reduction", True), ("identity", True), ("gaussian", False)])
+def test_initialisations_on_expert_weights(init_method, unchanged):
+    torch.manual_seed(0)
+    base = tiny_model("qwen3_moe", task="CAUSAL_LM")
+    batch = tiny_batch(base)
+    before = logits(base, batch)
+    model = get_peft_model(base, _config(target_modules=[], init_method=init_method))
+    assert torch.allclose(logits(model, batch), before, atol=1e-6) == unchanged
+    model.train()(**batch, labels=batch["input_ids"]).loss.backward()
+    # identity: the B factors' last core is zero, so only B's cores get gradient at step 0, as LoRA's B
+    cores = {n: p for n, p in _expert_cores(model).items() if ".cores." in n}
+    got_gradient = {n for n, p in cores.items() if p.grad is not None and p.grad.abs().sum() > 0}
+    if init_method == "identity":
+        assert got_gradient and all("loretta_rep_B" in n for n in got_gradient)
+    else:
+        assert got_gradient == set(cores)
