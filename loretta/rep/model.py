@@ -17,7 +17,7 @@ _ADAPTER_OR_COPY = re.compile(r"(^|\.)(loretta_\w+|modules_to_save|original_modu
 def expert_weights_to_adapt(model: nn.Module, config) -> list[str]:
     """The full names of the parameters `config.target_parameters` names (a name, or a dotted suffix of one,
     as PEFT matches them) in the layers selected by layers_to_transform / exclude_modules. An error for a
-    name that matches nothing, listing the model's stacked (3-D) weights, and for a match that is not one."""
+    name that matches nothing, listing the model's stacked expert weights, and for a match that is not one."""
     targets = config.target_parameters
     matched, stacked = {t: [] for t in targets}, {}
     for module_name, module in model.named_modules():
@@ -26,7 +26,7 @@ def expert_weights_to_adapt(model: nn.Module, config) -> list[str]:
             continue
         for param_name, param in module.named_parameters(recurse=False):
             key = f"{plain}.{param_name}" if plain else param_name
-            if param.ndim == 3:
+            if stacked_expert_weight_error(key, param, module) is None:
                 stacked.setdefault(fold_layer_indices(key), None)
             for target in targets:
                 if key == target or key.endswith(f".{target}"):
@@ -37,7 +37,7 @@ def expert_weights_to_adapt(model: nn.Module, config) -> list[str]:
     unmatched = [t for t, found in matched.items() if not found]
     if unmatched:
         raise ValueError(
-            f"target_parameters {unmatched} match no parameter of this model; its stacked (3-D) weights: "
+            f"target_parameters {unmatched} match no parameter of this model; its stacked expert weights: "
             f"{list(stacked) or 'none'}"
         )
     chosen = sorted({key for found in matched.values() for module_name, key in found

@@ -234,14 +234,17 @@ def test_unused_tt_shapes_warning_knows_the_expert_factors():
     "model_type, kw, message",
     [
         ("qwen3_moe", dict(target_parameters=["experts.gate_up", "experts.down_proj"]),
-         r"target_parameters \['experts.gate_up'\] match no parameter of this model; its stacked \(3-D\) weights: "
+         r"target_parameters \['experts.gate_up'\] match no parameter of this model; its stacked expert weights: "
          r"\['model.layers.\*.mlp.experts.gate_up_proj', 'model.layers.\*.mlp.experts.down_proj'\]"),
         ("qwen3_moe", dict(target_parameters=["mlp.gate.weight"]),
          r"mlp.gate.weight has shape \(4, 64\).*stacked expert weights.*target_modules"),
         ("qwen3_next", dict(target_parameters=["linear_attn.conv1d.weight"]),
          r"conv1d.weight is a weight of Conv1d, not a stack of experts"),
         ("qwen3_moe", dict(layers_to_transform=[5]), r"select no weight of this model"),
-        ("llama", dict(target_parameters=["experts.down_proj"]), r"its stacked \(3-D\) weights: none"),
+        ("llama", dict(target_parameters=["experts.down_proj"]), r"its stacked expert weights: none"),
+        # a linear-attention layer's Conv1d weight is 3-D too, but no expert weight: not listed
+        ("qwen3_next", dict(target_parameters=["experts.gate"]),
+         r"stacked expert weights: \['model.layers.\*.mlp.experts.gate_up_proj', 'model.layers.\*.mlp.experts.down_proj'\]$"),
     ],
 )
 def test_bad_targets_are_named(model_type, kw, message):
