@@ -12,8 +12,8 @@ from safetensors.torch import load_file, save_file
 
 from loretta import LorettaAdpConfig, LorettaRepConfig, get_peft_model
 
-from .test_tuners import METHODS, _logits, _perturb_adapters
-from .tiny_models import default_task, tiny_batch, tiny_model
+from .test_tuners import METHODS
+from .tiny_models import default_task, logits, perturb_trainable, tiny_batch, tiny_model
 
 NO_DROPOUT = {"gpt2": dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)}  # gradients compared across runs
 
@@ -33,23 +33,23 @@ def test_an_adapter_loads_under_any_name(tmp_path, family, method):
     now drop it, as LoRA's do."""
     task = default_task(family)
     model = get_peft_model(tiny_model(family, task=task), METHODS[method](task), adapter_name="task_a")
-    _perturb_adapters(model)
+    perturb_trainable(model)
     batch = tiny_batch(model)
-    expected = _logits(model, batch)
+    expected = logits(model, batch)
     model.save_pretrained(tmp_path)  # a non-default name: saved in tmp_path / "task_a"
 
     loaded = PeftModel.from_pretrained(tiny_model(family, task=task), tmp_path / "task_a")
     assert loaded.active_adapter == "default"
-    torch.testing.assert_close(_logits(loaded, batch), expected, rtol=0, atol=0)
+    torch.testing.assert_close(logits(loaded, batch), expected, rtol=0, atol=0)
 
     loaded.load_adapter(tmp_path / "task_a", adapter_name="again")
     loaded.set_adapter("again", inference_mode=True)
-    torch.testing.assert_close(_logits(loaded, batch), expected, rtol=0, atol=0)
+    torch.testing.assert_close(logits(loaded, batch), expected, rtol=0, atol=0)
 
     # and into the model being trained, trainable, with the trained set of the adapter it copies
     model.load_adapter(tmp_path / "task_a", adapter_name="copy", is_trainable=True)
     model.set_adapter("copy")
-    torch.testing.assert_close(_logits(model, batch), expected, rtol=0, atol=0)
+    torch.testing.assert_close(logits(model, batch), expected, rtol=0, atol=0)
     as_copy = _trainable(model)
     model.set_adapter("task_a")
     assert as_copy == sorted(n.replace(".task_a.", ".copy.") for n in _trainable(model))
@@ -74,16 +74,16 @@ def _in_the_earlier_format(saved: dict, name: str) -> dict:
 @pytest.mark.parametrize("method", ["adp", "rep"])
 def test_adapters_saved_in_the_earlier_format_load_under_any_name(tmp_path, method):
     model = get_peft_model(tiny_model("bert"), METHODS[method]("SEQ_CLS"), adapter_name="old")
-    _perturb_adapters(model)
+    perturb_trainable(model)
     batch = tiny_batch(model)
-    expected = _logits(model, batch)
+    expected = logits(model, batch)
     model.save_pretrained(tmp_path)
     file = tmp_path / "old" / "adapter_model.safetensors"
     earlier = _in_the_earlier_format(load_file(file), "old")
     assert sum(".old.cores." in k for k in earlier) > 0
     save_file(earlier, file)
     loaded = PeftModel.from_pretrained(tiny_model("bert"), tmp_path / "old", adapter_name="new")
-    torch.testing.assert_close(_logits(loaded, batch), expected, rtol=0, atol=0)
+    torch.testing.assert_close(logits(loaded, batch), expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("family", ["bert", "deberta-v2", "distilbert", "llama"])
@@ -122,7 +122,7 @@ def test_gradient_checkpointing_gives_the_gradients_of_the_plain_model(family, m
     through the TT matrices rebuilt for all layers together before the forward, a graph they share."""
     task = "CAUSAL_LM"
     model = get_peft_model(tiny_model(family, task=task, **NO_DROPOUT.get(family, {})), METHODS[method](task))
-    _perturb_adapters(model)
+    perturb_trainable(model)
     batch = tiny_batch(model)
 
     def grads():
@@ -149,7 +149,7 @@ def test_gradient_checkpointing_gives_the_gradients_of_the_plain_model(family, m
 @pytest.mark.parametrize("method", ["adp", "rep"])
 def test_generate_with_the_adapter_and_without_it(family, method):
     model = get_peft_model(tiny_model(family, task="CAUSAL_LM"), METHODS[method]("CAUSAL_LM"))
-    _perturb_adapters(model)
+    perturb_trainable(model)
     batch = tiny_batch(model)
     out = model.generate(**batch, max_new_tokens=5, do_sample=False, output_logits=True, return_dict_in_generate=True)
     prefix = out.sequences[:, :-1]

@@ -15,8 +15,8 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelF
 from loretta import get_peft_model
 from loretta.peft_types import LorettaPeftType
 
-from .test_tuners import METHODS, _logits, _perturb_adapters
-from .tiny_models import default_task, tiny_batch, tiny_model
+from .test_tuners import METHODS
+from .tiny_models import default_task, logits, perturb_trainable, tiny_batch, tiny_model
 
 # transformers' load_adapter restores PEFT's modules_to_save copies (LoRETTA's layer norms and head, and
 # LoRA's modules_to_save alike) from 5.18 on; before, they kept the base model's weights
@@ -35,10 +35,10 @@ def _trained_adapter(tmp_path, family, method, adapter_name="task_a", **config):
     tiny_model(family, task=task).save_pretrained(tmp_path / "base")
     model = get_peft_model(AUTO[task].from_pretrained(tmp_path / "base"), METHODS[method](task, **config),
                            adapter_name=adapter_name)
-    _perturb_adapters(model)
+    perturb_trainable(model)
     batch = tiny_batch(model)
     model.save_pretrained(tmp_path)  # a non-default name: saved in tmp_path / adapter_name
-    return AUTO[task], batch, _logits(model, batch)
+    return AUTO[task], batch, logits(model, batch)
 
 
 @needs_modules_to_save_loading
@@ -49,7 +49,7 @@ def test_load_adapter_on_a_transformers_model(tmp_path, family, method):
     model = auto.from_pretrained(tmp_path / "base")
     info = model.load_adapter(tmp_path / "task_a", adapter_name="mine")
     assert not info.missing_keys and not info.unexpected_keys and not info.mismatched_keys
-    torch.testing.assert_close(_logits(model.eval(), batch), expected, rtol=0, atol=0)
+    torch.testing.assert_close(logits(model.eval(), batch), expected, rtol=0, atol=0)
     assert isinstance(model.peft_config["mine"].peft_type, LorettaPeftType)
 
 
@@ -60,7 +60,7 @@ def test_load_adapter_of_tt_layers_alone_on_any_transformers_5(tmp_path, method)
     model = auto.from_pretrained(tmp_path / "base")
     info = model.load_adapter(tmp_path / "task_a")
     assert not info.missing_keys and not info.unexpected_keys
-    torch.testing.assert_close(_logits(model.eval(), batch), expected, rtol=0, atol=0)
+    torch.testing.assert_close(logits(model.eval(), batch), expected, rtol=0, atol=0)
 
 
 @needs_modules_to_save_loading
@@ -72,7 +72,7 @@ def test_from_pretrained_of_an_adapter_folder(tmp_path, method):
     config["base_model_name_or_path"] = str(tmp_path / "base")  # on the Hub: the model's id
     config_file.write_text(json.dumps(config))
     model = auto.from_pretrained(tmp_path / "task_a")
-    torch.testing.assert_close(_logits(model.eval(), batch), expected, rtol=0, atol=0)
+    torch.testing.assert_close(logits(model.eval(), batch), expected, rtol=0, atol=0)
 
 
 def test_the_peft_type_is_its_name_wherever_a_string_is_expected():
