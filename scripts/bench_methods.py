@@ -103,6 +103,12 @@ PRESETS = {
                                                           num_experts=4, num_experts_per_tok=2,
                                                           moe_intermediate_size=32, vocab_size=100),
                            2, 16, "float32", "cpu"),
+    "tiny-moe-bf16-cpu": Preset("qwen3_moe", "CAUSAL_LM", dict(hidden_size=64, intermediate_size=128,
+                                                               num_hidden_layers=2, num_attention_heads=4,
+                                                               num_key_value_heads=2, num_experts=4,
+                                                               num_experts_per_tok=2, moe_intermediate_size=32,
+                                                               vocab_size=100),
+                                2, 16, "bfloat16", "cpu"),
     "moe-small-cpu": Preset("qwen3_moe", "CAUSAL_LM", dict(hidden_size=512, intermediate_size=1408,
                                                            num_hidden_layers=4, num_attention_heads=8,
                                                            num_key_value_heads=2, head_dim=64, num_experts=16,
@@ -651,6 +657,11 @@ def check_run_arguments(parser, args, at_least) -> None:
         parser.error(f"--time-limit must be positive, got {args.time_limit}")
     if args.per_process is None:
         args.per_process = default_per_process(args.preset)
+    moe_presets = sorted(name for name, p in PRESETS.items() if "num_experts" in p.config)
+    expert_methods = [m for m in args.methods if m in EXPERT_METHODS]
+    if expert_methods and args.preset not in moe_presets:
+        parser.error(f"{expert_methods} adapt a mixture of experts' expert weights; preset {args.preset!r} has no "
+                     f"experts: use one of {moe_presets}")
     if not args.worker and PRESETS[args.preset].device == "cuda":
         import torch
 

@@ -114,6 +114,11 @@ def test_flops_only_counts_on_the_meta_device_and_names_models_that_cannot_run_t
 def test_bench_methods_rejects_bad_arguments():
     proc = subprocess.run([sys.executable, str(SCRIPT), "--preset", "nope"], capture_output=True, text=True)
     assert proc.returncode != 0 and "invalid choice: 'nope'" in proc.stderr
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--preset", "tiny-cpu", "--methods", "lora", "lora_experts"],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and ("['lora_experts'] adapt a mixture of experts' expert weights; preset 'tiny-cpu' "
+                                     "has no experts: use one of ['moe-small-cpu', 'tiny-moe-bf16-cpu', "
+                                     "'tiny-moe-cpu']") in proc.stderr
 
 
 def _probe_wheel(folder):

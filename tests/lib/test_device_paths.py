@@ -31,7 +31,8 @@ sys.path.insert(0, str(SCRIPTS))
 import bench_generate  # noqa: E402
 import bench_methods as bench  # noqa: E402
 
-ALL_METHODS = bench.METHODS + bench.EXTRA_METHODS
+# on the LLaMA presets; the expert-weight methods need a mixture of experts (tiny-moe-bf16-cpu)
+ALL_METHODS = bench.METHODS + tuple(m for m in bench.EXTRA_METHODS if m not in bench.EXPERT_METHODS)
 # matrix products: their operands must share a dtype on a GPU (the meta device does not check)
 PRODUCTS = {"aten.mm.default", "aten.addmm.default", "aten.bmm.default", "aten.baddbmm.default",
             "aten.linear.default", "aten.matmul.default", "aten.addmv.default", "aten.mv.default"}
@@ -81,6 +82,18 @@ def test_no_tensor_leaves_the_models_device_and_products_share_a_dtype(method):
         model = bench.wrap(model, "loretta_rep", preset).merge_and_unload()
     else:
         model = bench.wrap(model, method, preset)
+    audit = DeviceAudit("meta")
+    with audit:
+        _train_eval_decode(model, preset)
+    assert not audit.off_device, audit.off_device[:5]
+    assert not audit.mixed_dtypes, audit.mixed_dtypes[:5]
+
+
+def test_expert_weights_stay_on_the_models_device_in_one_dtype():
+    """LoRETTA_rep on a bf16 mixture of experts' weights (float32 cores): W + dW is made on the weight's
+    device, in its dtype. (PEFT's LoRA there does not run on the meta device: 'unsupported scalarType'.)"""
+    preset = replace(bench.PRESETS["tiny-moe-bf16-cpu"], device="meta")
+    model = bench.wrap(bench.build_model(preset), "loretta_rep_experts", preset)
     audit = DeviceAudit("meta")
     with audit:
         _train_eval_decode(model, preset)
@@ -143,6 +156,12 @@ def test_every_benchmarked_method_runs_in_bf16_in_one_worker_per_round(tmp_path)
     # float32 adapters 16
     by_method = {r["method"]: r for r in rows}
     assert by_method["ft"]["trainable_state_mib"] * 2**20 == 8 * by_method["ft"]["trainable_params"]
+    # the expert-weight methods, on a bf16 mixture of experts
+    experts = ["floor", *bench.EXPERT_METHODS]
+    bench.main(["--preset", "tiny-moe-bf16-cpu", "--rounds", "1", "--steps", "1", "--warmup", "1", "--per-process",
+                "round", "--methods", *experts, "--out", str(out), "--md", str(tmp_path / "bench.md")])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["method"] for r in rows] == experts and not [r for r in rows if "error" in r or "problems" in r]
     assert by_method["lora"]["trainable_state_mib"] * 2**20 == 16 * by_method["lora"]["trainable_params"]
     assert "Not measured" not in (tmp_path / "bench.md").read_text()
     out = tmp_path / "generate.json"
