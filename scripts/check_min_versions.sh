@@ -7,16 +7,16 @@
 #   bash scripts/check_min_versions.sh            # ~3 min to install, ~15 min of tests on 2 cores
 #   VENV=/tmp/minvenv bash scripts/check_min_versions.sh -k tuners   # extra args go to pytest
 #
-# Measured 2026-12-01 (torch 2.6.0, transformers 5.0.0, peft 0.21.0, bitsandbytes 0.46.1): 896 passed,
-# 58 skipped (12: transformers' own load_adapter restores modules_to_save from 5.18 on; 46: tiny models of
-# model types that transformers 5.0 does not have, e.g. gemma4, qwen3_5), 26 failed, none of
-# them in the library: 21 run a LLaMA forward on the `meta` device (the dispatch
-# audit, the meta-device recompute test, the benchmark's meta FLOP count, which then falls back to the
-# CPU and says so), which transformers 5.0's rotary embedding cannot (it asks for autocast there);
-# 2 compile with fullgraph=True, which torch 2.6's dynamo breaks at PEFT's forward-hook context
-# manager (without fullgraph the model compiles, with eager's gradients); 1 runs FSDP2 on the CPU,
-# which fails inside torch 2.6 ('Stream' object has no attribute 'record_event'); 2 check the CPU
-# repacking of 4-bit weights that bitsandbytes 0.46 does not have yet.
+# Measured 2026-12-01 (torch 2.6.0, transformers 5.0.0, peft 0.21.0, bitsandbytes 0.46.1): 945 passed,
+# 63 skipped (12: transformers' own load_adapter restores modules_to_save from 5.18 on; 49: tiny models of
+# model types that transformers 5.0 does not have, e.g. gemma4, qwen3_5; 1: AFMoE's experts are still linear
+# layers in 5.0; 1: torch 2.6 has no grouped_mm experts kernel), 27 failed, none of them in the library: 22 run
+# a forward on the `meta` device (the dispatch audits, the meta-device recompute test, the benchmark's meta
+# FLOP count, which then falls back to the CPU and says so), which transformers 5.0's rotary embedding cannot
+# (it asks for autocast there); 2 compile with fullgraph=True, which torch 2.6's dynamo breaks at PEFT's
+# forward-hook context manager (without fullgraph the model compiles, with eager's gradients); 1 runs FSDP2
+# on the CPU, which fails inside torch 2.6 ('Stream' object has no attribute 'record_event'); 2 check the
+# CPU repacking of 4-bit weights that bitsandbytes 0.46 does not have yet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
