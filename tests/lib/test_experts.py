@@ -335,3 +335,19 @@ def test_initialisations_on_expert_weights(init_method, unchanged):
         assert got_gradient and all("loretta_rep_B" in n for n in got_gradient)
     else:
         assert got_gradient == set(cores)
+
+
+def test_peft_wrapper_free_api_round_trips_expert_updates():
+    from peft import get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+
+    torch.manual_seed(0)
+    model = inject_adapter_in_model(_config(target_modules=[]), tiny_model("qwen3_moe", task="CAUSAL_LM"))
+    _perturb(model)
+    batch = tiny_batch(model)
+    expected = logits(model, batch)
+    state = get_peft_model_state_dict(model)
+    assert any(".experts." in key and ".cores." in key for key in state)
+    torch.manual_seed(1)
+    other = inject_adapter_in_model(_config(target_modules=[]), tiny_model("qwen3_moe", task="CAUSAL_LM"))
+    assert not set_peft_model_state_dict(other, state).unexpected_keys
+    torch.testing.assert_close(logits(other, batch), expected)
