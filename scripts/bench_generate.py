@@ -16,7 +16,8 @@ excluded; on a GPU each is at least one kernel launch) and the Python function c
 
 Methods: `base` (the model without adapters), PEFT `lora` (r=8, q/v) and `ia3`, `loretta_adp`,
 `loretta_rep`, and `loretta_rep_merged` (merge_and_unload(): a stock model again, so the base's
-cost). Weights are random: only shapes matter for speed.
+cost); on a mixture of experts also `lora_experts`, `loretta_rep_experts` and `loretta_rep_experts_merged`
+(the experts' own weights adapted: bench_methods.py). Weights are random: only shapes matter for speed.
 """
 
 from __future__ import annotations
@@ -30,10 +31,13 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_methods import (PRESETS, add_run_arguments, build_model, check_run_arguments, operator_counter,  # noqa: E402
-                           rounds_of_workers, serve_methods, wrap, write_atomically, write_rows)
+from bench_methods import (PRESETS, add_run_arguments, build_model, check_run_arguments, lora_reference,  # noqa: E402
+                           operator_counter, rounds_of_workers, serve_methods, wrap, write_atomically, write_rows)
 
 METHODS = ("base", "lora", "ia3", "loretta_adp", "loretta_rep", "loretta_rep_merged")
+# on a mixture of experts (the tiny-moe / moe-small presets): the experts' own weights adapted, each
+# compared with LoRA on the same weights; merged, the experts' W + dW is no longer made at every token
+EXPERT_METHODS = ("lora_experts", "loretta_rep_experts", "loretta_rep_experts_merged")
 CAUSAL_PRESETS = sorted(name for name, preset in PRESETS.items() if preset.task == "CAUSAL_LM")
 
 
@@ -145,7 +149,7 @@ def rows_from(records: dict[str, list[tuple[int, dict]]], args) -> list[dict]:
                 "full_s": [t for _, r in measured[method] for t in r["full_s"]]}
 
     by_round = {m: {i: per_token(r, args.new_tokens) for i, r in measured[m]} for m in args.methods}
-    reference = {name: per_token(merged(name), args.new_tokens) for name in ("base", "lora")
+    reference = {name: per_token(merged(name), args.new_tokens) for name in ("base", "lora", "lora_experts")
                  if measured.get(name)}
     rows = []
     for method in args.methods:
@@ -157,16 +161,17 @@ def rows_from(records: dict[str, list[tuple[int, dict]]], args) -> list[dict]:
             continue
         record = merged(method)
         token = per_token(record, args.new_tokens)
-        own, lora_rounds = by_round[method], by_round.get("lora", {})
+        lora = lora_reference(method.removesuffix("_merged"))
+        own, lora_rounds = by_round[method], by_round.get(lora, {})
         rows.append({
             "method": method,
             "trainable_params": record["trainable_params"],
             "prefill_ms": statistics.median(record["prefill_s"]) * 1e3,
             "ms_per_token": token * 1e3,
             "vs_base": token / reference["base"] if "base" in reference else None,
-            "vs_lora": token / reference["lora"] if "lora" in reference else None,
+            "vs_lora": token / reference[lora] if lora in reference else None,
             "vs_lora_by_round": ([own[i] / lora_rounds[i] for i in sorted(own) if i in lora_rounds]
-                                 if "lora" in reference else None),
+                                 if lora in reference else None),
             "ops_per_token": record["ops_per_token"],
             "python_calls_per_token": record["python_calls_per_token"],
             "rounds": len(measured[method]),
@@ -195,6 +200,8 @@ def markdown(rows, args) -> str:
                      f"{fmt(r['vs_base'])} | {fmt(r['vs_lora'])} | {spread(r['vs_lora_by_round'])} | "
                      f"{r['ops_per_token']:,} | {r['python_calls_per_token']:,} |")
         notes += [f"- {r['method']}, {problem}" for problem in r.get("problems", [])]
+    if any(r["method"] in EXPERT_METHODS for r in rows):
+        lines += ["", "The *_experts rows' LoRA is lora_experts (PEFT's LoRA on the same expert weights)."]
     if notes:
         lines += ["", "Not measured (or not in every round):", *notes]
     return "\n".join(lines)
@@ -203,7 +210,7 @@ def markdown(rows, args) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="llama-small-cpu", choices=CAUSAL_PRESETS)
-    add_run_arguments(parser, METHODS, METHODS, default_rounds=3)
+    add_run_arguments(parser, METHODS + EXPERT_METHODS, METHODS, default_rounds=3)
     parser.add_argument("--steps", type=int, default=3, help="timed generate() pairs per worker")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--prompt-length", type=int, default=64)

@@ -658,7 +658,7 @@ def check_run_arguments(parser, args, at_least) -> None:
     if args.per_process is None:
         args.per_process = default_per_process(args.preset)
     moe_presets = sorted(name for name, p in PRESETS.items() if "num_experts" in p.config)
-    expert_methods = [m for m in args.methods if m in EXPERT_METHODS]
+    expert_methods = [m for m in args.methods if m.removesuffix("_merged") in EXPERT_METHODS]
     if expert_methods and args.preset not in moe_presets:
         parser.error(f"{expert_methods} adapt a mixture of experts' expert weights; preset {args.preset!r} has no "
                      f"experts: use one of {moe_presets}")

@@ -200,6 +200,25 @@ def test_counts_are_of_a_step_in_steady_state():
     assert bench.counted_rows("tiny-cpu", ["loretta_rep"], "cpu") == {"loretta_rep": second}
 
 
+def test_bench_generate_compares_expert_weights_with_lora_on_the_same_weights(tmp_path):
+    out = tmp_path / "generate.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "bench_generate.py"), "--preset", "tiny-moe-cpu",
+                           "--rounds", "1", "--steps", "1", "--prompt-length", "8", "--new-tokens", "3",
+                           "--per-process", "round", "--out", str(out), "--methods", "base", "lora_experts",
+                           "loretta_rep_experts", "loretta_rep_experts_merged"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["base", "lora_experts", "loretta_rep_experts", "loretta_rep_experts_merged"]
+    assert rows["lora_experts"]["vs_lora"] == 1.0
+    assert rows["loretta_rep_experts"]["vs_lora"] == pytest.approx(
+        rows["loretta_rep_experts"]["ms_per_token"] / rows["lora_experts"]["ms_per_token"])
+    # merged: the stock model again (W + dW no longer made at every token)
+    assert rows["loretta_rep_experts_merged"]["ops_per_token"] == rows["base"]["ops_per_token"]
+    assert rows["loretta_rep_experts"]["ops_per_token"] > rows["base"]["ops_per_token"]
+    assert "The *_experts rows' LoRA is lora_experts" in proc.stdout
+
+
 def test_bench_generate_prints_a_row_per_method_and_refuses_bad_arguments(tmp_path):
     script = SCRIPT.parent / "bench_generate.py"
     out = tmp_path / "generate.json"
@@ -223,6 +242,8 @@ def test_bench_generate_prints_a_row_per_method_and_refuses_bad_arguments(tmp_pa
         line for line in proc.stdout.splitlines() if line.startswith("| loretta_adp |"))
     assert not list(tmp_path.glob("*.tmp"))
     for bad, message in ((["--new-tokens", "1"], "--new-tokens must be at least 2, got 1"),
-                         (["--preset", "deberta-base-cpu"], "invalid choice: 'deberta-base-cpu'")):
+                         (["--preset", "deberta-base-cpu"], "invalid choice: 'deberta-base-cpu'"),
+                         (["--preset", "tiny-cpu", "--methods", "loretta_rep_experts_merged"],
+                          "['loretta_rep_experts_merged'] adapt a mixture of experts' expert weights")):
         proc = subprocess.run([sys.executable, str(script), *bad], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-500:]
