@@ -125,21 +125,41 @@ def test_a_preset_family_gets_its_default_targets_and_the_experts():
     assert len(_wrappers(model)) == 2 * model.config.num_hidden_layers
 
 
-def test_a_family_without_a_preset_adapts_the_experts_alone():
-    """Jamba (Mamba + attention + experts) has no default targets; its expert weights need none."""
-    torch.manual_seed(0)
-    from transformers import AutoConfig, AutoModelForCausalLM
+# hybrids without a preset (Mamba and attention layers, some with experts): the sizes each needs to run
+_SMALL = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128, vocab_size=100,
+              pad_token_id=0)
+HYBRIDS_WITH_EXPERTS = {  # model_type: config sizes
+    "jamba": dict(_SMALL, num_hidden_layers=2, num_experts=2, num_experts_per_tok=1, attn_layer_period=2,
+                  attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1, mamba_d_state=8, mamba_dt_rank=8,
+                  use_mamba_kernels=False),
+    "granitemoehybrid": dict(_SMALL, num_hidden_layers=2, layer_types=["mamba", "attention"], num_local_experts=4,
+                             num_experts_per_tok=2, shared_intermediate_size=64, mamba_n_heads=8, mamba_d_head=16,
+                             mamba_d_state=8, mamba_n_groups=1, mamba_chunk_size=8, mamba_expand=2),
+    # Nemotron-H: a Mamba, an attention and an experts layer
+    "nemotron_h": dict(_SMALL, num_hidden_layers=3, hybrid_override_pattern="M*E", n_routed_experts=4,
+                       num_experts_per_tok=2, moe_intermediate_size=32, moe_shared_expert_intermediate_size=32,
+                       mamba_num_heads=8, mamba_head_dim=16, ssm_state_size=8, n_groups=1, chunk_size=8, head_dim=16,
+                       n_group=1, topk_group=1),
+}
 
-    config = AutoConfig.for_model(
-        "jamba", hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=128, vocab_size=100, pad_token_id=0, num_experts=2, num_experts_per_tok=1,
-        attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1, mamba_d_state=8,
-        mamba_dt_rank=8, use_mamba_kernels=False)
-    model = get_peft_model(AutoModelForCausalLM.from_config(config), _config())
+
+@pytest.mark.parametrize("model_type", sorted(HYBRIDS_WITH_EXPERTS))
+def test_a_family_without_a_preset_adapts_the_experts_alone(model_type):
+    """Hybrids have no default targets; their expert weights need none."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if model_type not in CONFIG_MAPPING:
+        pytest.skip(f"transformers {transformers.__version__} has no model_type {model_type!r}")
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **HYBRIDS_WITH_EXPERTS[model_type]))
+    weights = _expert_weights(base)  # Nemotron-H's experts have no gate: up_proj, down_proj
+    assert len(weights) == 2, weights
+    model = get_peft_model(base, _config(target_parameters=sorted(weights)))
     assert _wrappers(model) and not any(isinstance(m, LorettaRepLayer) for m in model.modules())
     batch = tiny_batch(model)
     model.train()(**batch, labels=batch["input_ids"]).loss.backward()
-    assert all(p.grad is not None for p in _expert_cores(model).values())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in _expert_cores(model).values())
 
 
 def test_save_and_load_round_trip(tmp_path):
