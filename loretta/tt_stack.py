@@ -32,7 +32,7 @@ class StackedTT(nn.Module):
             for i, k in enumerate(shape)
         )
         self.initial_cores = FrozenCores(self.cores) if init == "noise_reduction" else None
-        if device is None or torch.device(device).type != "meta":
+        if self.cores[0].device.type != "meta":  # built without weights (parameter counts): nothing to draw
             initialise_cores(self.cores, in_features, out_features, init, self.initial_cores)
 
     def matrices(self) -> torch.Tensor:

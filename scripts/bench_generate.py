@@ -31,8 +31,9 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_methods import (PRESETS, add_run_arguments, build_model, check_run_arguments, lora_reference,  # noqa: E402
-                           operator_counter, rounds_of_workers, serve_methods, wrap, write_atomically, write_rows)
+from bench_methods import (EXPERTS_NOTE, PRESETS, add_run_arguments, adapts_experts, build_model,  # noqa: E402
+                           check_run_arguments, lora_reference, operator_counter, rounds_of_workers, serve_methods,
+                           wrap, write_atomically, write_rows)
 
 METHODS = ("base", "lora", "ia3", "loretta_adp", "loretta_rep", "loretta_rep_merged")
 # on a mixture of experts (the tiny-moe / moe-small presets): the experts' own weights adapted, each
@@ -161,7 +162,7 @@ def rows_from(records: dict[str, list[tuple[int, dict]]], args) -> list[dict]:
             continue
         record = merged(method)
         token = per_token(record, args.new_tokens)
-        lora = lora_reference(method.removesuffix("_merged"))
+        lora = lora_reference(method)
         own, lora_rounds = by_round[method], by_round.get(lora, {})
         rows.append({
             "method": method,
@@ -200,8 +201,8 @@ def markdown(rows, args) -> str:
                      f"{fmt(r['vs_base'])} | {fmt(r['vs_lora'])} | {spread(r['vs_lora_by_round'])} | "
                      f"{r['ops_per_token']:,} | {r['python_calls_per_token']:,} |")
         notes += [f"- {r['method']}, {problem}" for problem in r.get("problems", [])]
-    if any(r["method"] in EXPERT_METHODS for r in rows):
-        lines += ["", "The *_experts rows' LoRA is lora_experts (PEFT's LoRA on the same expert weights)."]
+    if any(adapts_experts(r["method"]) for r in rows):
+        lines += ["", EXPERTS_NOTE]
     if notes:
         lines += ["", "Not measured (or not in every round):", *notes]
     return "\n".join(lines)

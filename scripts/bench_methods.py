@@ -74,6 +74,9 @@ class Preset:
 DEBERTA_BASE = dict(relative_attention=True, pos_att_type=["c2p", "p2c"], position_biased_input=False,
                     max_relative_positions=-1, type_vocab_size=0, layer_norm_eps=1e-7)
 
+TINY_MOE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, vocab_size=100)
+
 PRESETS = {
     # smoke-test sizes (tests/lib/test_bench_script.py)
     "tiny-cpu": Preset("llama", "CAUSAL_LM", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -97,18 +100,9 @@ PRESETS = {
         "float32",
         "cpu",
     ),
-    # a mixture of experts (Qwen3-MoE's layout: 16 experts, two per token): the *_experts methods
-    "tiny-moe-cpu": Preset("qwen3_moe", "CAUSAL_LM", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                                          num_attention_heads=4, num_key_value_heads=2,
-                                                          num_experts=4, num_experts_per_tok=2,
-                                                          moe_intermediate_size=32, vocab_size=100),
-                           2, 16, "float32", "cpu"),
-    "tiny-moe-bf16-cpu": Preset("qwen3_moe", "CAUSAL_LM", dict(hidden_size=64, intermediate_size=128,
-                                                               num_hidden_layers=2, num_attention_heads=4,
-                                                               num_key_value_heads=2, num_experts=4,
-                                                               num_experts_per_tok=2, moe_intermediate_size=32,
-                                                               vocab_size=100),
-                                2, 16, "bfloat16", "cpu"),
+    # a mixture of experts (Qwen3-MoE's layout, two experts per token): the *_experts methods
+    "tiny-moe-cpu": Preset("qwen3_moe", "CAUSAL_LM", TINY_MOE, 2, 16, "float32", "cpu"),
+    "tiny-moe-bf16-cpu": Preset("qwen3_moe", "CAUSAL_LM", TINY_MOE, 2, 16, "bfloat16", "cpu"),
     "moe-small-cpu": Preset("qwen3_moe", "CAUSAL_LM", dict(hidden_size=512, intermediate_size=1408,
                                                            num_hidden_layers=4, num_attention_heads=8,
                                                            num_key_value_heads=2, head_dim=64, num_experts=16,
@@ -472,9 +466,17 @@ def orchestrate(args, on_update=None) -> list[dict]:
     return rows_from(records, args.methods)
 
 
+def adapts_experts(method: str) -> bool:
+    """Whether `method` adapts a mixture of experts' expert weights (merged afterwards or not)."""
+    return method.removesuffix("_merged") in EXPERT_METHODS
+
+
 def lora_reference(method: str) -> str:
     """The LoRA a method is compared with: on the same expert weights for the *_experts methods."""
-    return "lora_experts" if method in EXPERT_METHODS else "lora"
+    return "lora_experts" if adapts_experts(method) else "lora"
+
+
+EXPERTS_NOTE = "The *_experts rows' LoRA is lora_experts (PEFT's LoRA on the same expert weights)."
 
 
 def rows_from(records: dict[str, list[tuple[int, dict]]], methods) -> list[dict]:
@@ -561,8 +563,8 @@ def markdown(rows, preset_name: str, memory_label: str) -> str:
                      f"{fmt(r['flops_vs_lora'], 3)} | {count(r['ops_per_step'])} | {r['peak_memory_gib']:.2f} | "
                      f"{fmt(r['saved_activations_mib'], 1)} | {r['trainable_state_mib']:.1f} |")
         notes += [f"- {r['method']}, {problem}" for problem in r.get("problems", [])]
-    if any(r["method"] in EXPERT_METHODS for r in rows):
-        lines += ["", "The *_experts rows' LoRA is lora_experts (PEFT's LoRA on the same expert weights)."]
+    if any(adapts_experts(r["method"]) for r in rows):
+        lines += ["", EXPERTS_NOTE]
     if notes:
         lines += ["", "Not measured (or not in every round):", *notes]
     return "\n".join(lines)
@@ -658,7 +660,7 @@ def check_run_arguments(parser, args, at_least) -> None:
     if args.per_process is None:
         args.per_process = default_per_process(args.preset)
     moe_presets = sorted(name for name, p in PRESETS.items() if "num_experts" in p.config)
-    expert_methods = [m for m in args.methods if m.removesuffix("_merged") in EXPERT_METHODS]
+    expert_methods = [m for m in args.methods if adapts_experts(m)]
     if expert_methods and args.preset not in moe_presets:
         parser.error(f"{expert_methods} adapt a mixture of experts' expert weights; preset {args.preset!r} has no "
                      f"experts: use one of {moe_presets}")

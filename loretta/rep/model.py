@@ -26,11 +26,11 @@ def expert_weights_to_adapt(model: nn.Module, config) -> list[str]:
             continue
         for param_name, param in module.named_parameters(recurse=False):
             key = f"{plain}.{param_name}" if plain else param_name
-            if stacked_expert_weight_error(key, param, module) is None:
+            problem = stacked_expert_weight_error(key, param, module)
+            if problem is None:
                 stacked.setdefault(fold_layer_indices(key), None)
             for target in targets:
                 if key == target or key.endswith(f".{target}"):
-                    problem = stacked_expert_weight_error(key, param, module)
                     if problem:
                         raise ValueError(problem)
                     matched[target].append((plain, key))
@@ -41,7 +41,8 @@ def expert_weights_to_adapt(model: nn.Module, config) -> list[str]:
             f"{list(stacked) or 'none'}"
         )
     chosen = sorted({key for found in matched.values() for module_name, key in found
-                     if _in_selected_layers(module_name, config) and not _excluded(module_name, config.exclude_modules)})
+                     if _in_selected_layers(module_name, config)
+                     and not _excluded(module_name, config.exclude_modules)})
     if not chosen:
         raise ValueError(
             f"target_parameters {targets} with layers_to_transform={config.layers_to_transform!r}, "
