@@ -1,4 +1,5 @@
-"""What the two LoRETTA tuner layers share: wrapping a base Linear/Conv1D and building TT factors."""
+"""What the two LoRETTA tuner layers share: wrapping a base Linear/Conv1D (LoRETTA_adp: or a whole block) and
+building TT factors."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from .tt_shapes import resolve_tt_shape
 
 
 class LorettaLayerBase(nn.Module, BaseTunerLayer):
-    """A tuner layer around one base Linear/Conv1D; subclasses add their adapter ModuleDicts."""
+    """A tuner layer around one base Linear/Conv1D; subclasses add their adapter ModuleDicts.
 
-    def __init__(self, base_layer: nn.Module):
+    `features` (in, out) is given for a base module that is not a linear layer (LoRETTA_adp's blocks)."""
+
+    def __init__(self, base_layer: nn.Module, features: tuple[int, int] | None = None):
         nn.Module.__init__(self)
-        features = linear_features(base_layer)
+        features = features or linear_features(base_layer)
         if features is None:
             raise TypeError(
                 f"LoRETTA can adapt nn.Linear and transformers Conv1D layers, not {type(base_layer).__name__}"
@@ -28,8 +31,14 @@ class LorettaLayerBase(nn.Module, BaseTunerLayer):
         self._disable_adapters = False
         self.merged_adapters = []
 
+    def _base_weight(self) -> torch.Tensor:
+        """The base layer's weight; a block's first parameter (a mixture of experts' router)."""
+        base = self.get_base_layer()
+        weight = getattr(base, "weight", None)
+        return weight if isinstance(weight, torch.Tensor) else next(base.parameters())
+
     def _adapter_device(self) -> torch.device:
-        return self.get_base_layer().weight.device
+        return self._base_weight().device
 
     def make_tt(self, in_features: int, out_features: int, config, bias: bool, init: str,
                 subtract_initial: bool = True, forward: str | None = None) -> TTLinear:
@@ -60,7 +69,7 @@ class LorettaLayerBase(nn.Module, BaseTunerLayer):
     def activation_dtype(self) -> torch.dtype | None:
         """The dtype the adapters most likely see: the base weight's (None for quantized weights,
         whose compute dtype is the base layer's own business)."""
-        dtype = self.get_base_layer().weight.dtype
+        dtype = self._base_weight().dtype
         return dtype if dtype.is_floating_point else None
 
     def _finish_update(self, adapter_name: str) -> None:

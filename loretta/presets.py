@@ -42,17 +42,19 @@ _GLM_LIKE = FamilyPreset(("down_proj",), ("gate_up_proj",), ("q_proj", "v_proj")
 _OPT_LIKE = FamilyPreset(("fc2",), ("fc1",), ("q_proj", "v_proj"))
 _GPT2_LIKE = FamilyPreset(("mlp.c_proj",), ("mlp.c_fc",), ("c_attn",))  # c_attn fuses q,k,v
 _GPT_NEOX_LIKE = FamilyPreset(("dense_4h_to_h",), ("dense_h_to_4h",), ("query_key_value",))  # fused q,k,v
-# mixture-of-experts decoders: transformers 5 holds the experts as fused 3-D parameters, not linear layers,
-# so LoRETTA_adp takes Houlsby's other place, the attention output (o_proj); rep as for LLaMA
-_MOE = FamilyPreset(("o_proj",), (), ("q_proj", "v_proj"))
+# mixture-of-experts decoders: transformers 5 holds the experts as fused 3-D parameters, not linear layers, so
+# LoRETTA_adp sits on the output of the whole feed-forward block (the sparse block: routed and shared experts; in
+# the dense first layers some families have, their MLP, which has the same name), as on a dense decoder's
+# down_proj; rep as for LLaMA
+_MOE = FamilyPreset(("mlp",), (), ("q_proj", "v_proj"))
 # multi-head latent attention (DeepSeek-V2/V3): queries through a low-rank q_a_proj -> q_b_proj (or one q_proj),
 # keys and values up-projected together from a shared latent by kv_b_proj; rep on those two, the query and value
-_MLA_MOE = FamilyPreset(("o_proj",), (), ("q_proj", "q_b_proj", "kv_b_proj"))
+_MLA_MOE = FamilyPreset(("mlp",), (), ("q_proj", "q_b_proj", "kv_b_proj"))
 # hybrids (Qwen3.5, Qwen3-Next): three Gated DeltaNet (linear attention) layers to each full-attention one; rep
 # on each kind's query and value (the linear attention fuses q, k, v in in_proj_qkv, Qwen3-Next also its gate z
-# in in_proj_qkvz), so that every layer is adapted; adp of the MoE ones on both kinds' attention output
+# in in_proj_qkvz), so that every layer is adapted
 _QWEN3_5 = FamilyPreset(("down_proj",), ("gate_proj", "up_proj"), ("q_proj", "v_proj", "in_proj_qkv"))
-_QWEN3_5_MOE = FamilyPreset(("o_proj", "linear_attn.out_proj"), (), ("q_proj", "v_proj", "in_proj_qkv"))
+_QWEN3_5_MOE = replace(_MOE, rep_targets=_QWEN3_5.rep_targets)
 # vision-language models: the text decoder (`model.language_model`) as LLaMA, the vision tower untouched
 _VLM_LLAMA_LIKE = replace(_LLAMA_LIKE, within="language_model")
 _VLM_MOE = replace(_MOE, within="language_model")
@@ -142,15 +144,16 @@ FAMILY_PRESETS: dict[str, FamilyPreset] = {
     "qwen2_moe": _MOE,  # its shared expert (linear layers) stays frozen, as the routed experts do
     "qwen3_moe": _MOE,
     "olmoe": _MOE,
-    "granitemoe": _MOE,
+    "granitemoe": replace(_MOE, adp_output_side=("block_sparse_moe",)),
     "phimoe": _MOE,
     "gpt_oss": _MOE,
-    "glm4_moe": _MOE,  # GLM-4.5 and later: the first dense layers' MLP stays frozen, so each layer has one adapter
+    "glm4_moe": _MOE,  # GLM-4.5 and later
     "ernie4_5_moe": _MOE,
-    "llama4_text": _MOE,  # experts and a shared expert under feed_forward
+    "llama4_text": replace(_MOE, adp_output_side=("feed_forward",)),  # experts and a shared expert under it
     "hunyuan_v1_moe": _MOE,
     "minimax_m2": _MOE,
-    "granitemoeshared": _MOE,
+    # its shared MLP runs beside the sparse block, and its output is added after the block's (and its adapter's)
+    "granitemoeshared": replace(_MOE, adp_output_side=("block_sparse_moe",)),
     "flex_olmo": _MOE,
     "afmoe": _MOE,  # its attention has a gate_proj of its own: no LLaMA names here
     "solar_open": _MOE,

@@ -20,7 +20,10 @@ from collections import defaultdict
 import torch
 from torch.distributed.tensor import DTensor
 
-from .tt_linear import TTLinear, begin_checked_pass, difference_factors, end_checked_pass, stacked_factors, stacked_matrix
+from transformers.cache_utils import Cache
+
+from .tt_linear import (TTLinear, begin_checked_pass, begin_weights_epoch, difference_factors, end_checked_pass,
+                        stacked_factors, stacked_matrix)
 
 
 def _stacked(group: list[TTLinear], factors: bool) -> tuple:
@@ -148,18 +151,31 @@ def _sharded(layer: TTLinear) -> bool:
     return first is None or isinstance(first, DTensor)
 
 
-def rebuild_before_forward(model, args) -> None:
-    """Forward pre-hook on the adapted model: rebuild the active adapters' TT layers together. The
-    matrices stay held after the forward: a checkpointed layer recomputed in the backward pass must
-    see the same ones. They give way when the cores change (an optimizer step) or the next forward
-    rebuilds; a forward that wants no graph (evaluation, each token of generate) reuses them while
-    the cores stay as they are, checked here once for the whole forward (tt_linear.begin_checked_pass)."""
+def continues_a_cache(kwargs) -> bool:
+    """Whether this forward continues a KV cache that holds tokens already (a decoding step of generate)."""
+    for value in (kwargs or {}).values():
+        if isinstance(value, Cache):
+            return value.get_seq_length() > 0
+    return False
+
+
+def rebuild_before_forward(model, args, kwargs=None) -> None:
+    """Forward pre-hook on the adapted model (with its keyword arguments): rebuild the active adapters' TT
+    layers together. The matrices stay held after the forward: a checkpointed layer recomputed in the
+    backward pass must see the same ones. They give way when the cores change (an optimizer step) or the
+    next forward rebuilds; a forward that wants no graph and continues a KV cache (each new token of
+    generate) reuses them while the cores stay as they are, checked here once for the whole forward
+    (tt_linear.begin_checked_pass). Any other forward begins a new epoch (tt_linear.begin_weights_epoch),
+    so it rebuilds whatever changed, through `.data` too."""
     if torch.compiler.is_compiling():
         return  # compiled, the rebuilds are part of the graph
+    continues = continues_a_cache(kwargs)
+    if not continues:
+        begin_weights_epoch()
     begin_checked_pass()  # a forward without a graph: the layers checked below need not check again
     modules = _tuner_layers(model)
     flags = _adapter_flags(modules) if not torch.is_grad_enabled() else None  # None: a graph is wanted
-    if flags is not None and _plan_still_holds(model, flags):
+    if flags is not None and continues and _plan_still_holds(model, flags):
         return
     layers, dtypes, by_type = [], [], defaultdict(list)
     for module in modules:

@@ -108,6 +108,19 @@ def boundary_split(shape, in_features: int) -> int | None:
     return None
 
 
+# Weights changed through `.data` (`p.data.copy_(ema)`, DeepSpeed's copy from its master weights, hand-written
+# optimizers) keep their _version, so the state key below cannot see the change. Every model forward that starts
+# afresh (all but a step that continues a KV cache: each new token of generate) therefore begins a new epoch
+# (tt_batch's pre-hook), which is part of the key: what is held is rebuilt once per evaluation batch or
+# generate() call, and reused only across one generation's tokens.
+_weights_epoch = 0
+
+
+def begin_weights_epoch() -> None:
+    global _weights_epoch
+    _weights_epoch += 1
+
+
 def graph_wanted(cores_train: bool) -> bool:
     """Whether the forward about to run builds an autograd graph through the TT cores."""
     return torch.is_grad_enabled() and cores_train
@@ -345,7 +358,8 @@ class TTLinear(nn.Module):
                 self.multiplies_by_factors(core.device), core.dtype, core.device)
 
     def _state_key(self) -> tuple:
-        # in-place updates (optimizer steps, load_state_dict) bump _version; .to() changes data_ptr.
+        # in-place updates (optimizer steps, load_state_dict) bump _version; .to() changes data_ptr; a change
+        # through .data neither (the epoch above sees it at the next model forward).
         # Checked for every TT layer at every forward (each token of generate): the dicts are read
         # directly, ParameterList's indexing costs more than the check itself.
         # (nn.Module.__getattr__ is avoided too: the submodules and bias are read from their dicts)
@@ -356,7 +370,7 @@ class TTLinear(nn.Module):
         bias = self._parameters.get("bias")
         if bias is not None:
             tensors.append(bias)
-        return tuple([(t.data_ptr(), t._version) for t in tensors])
+        return (_weights_epoch, *[(t.data_ptr(), t._version) for t in tensors])
 
     def hold(self, form: str, operands, cast: tuple | None = None) -> None:
         """Use `operands` as this layer's weight_matrix() (form "matrix") or factors() (form

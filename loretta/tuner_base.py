@@ -112,6 +112,8 @@ def _warn_unused_tt_shapes(tt_shapes, model: nn.Module) -> None:
 
 class LorettaTunerBase(BaseTuner):
     target_module_mapping: dict = {}
+    # what _adaptable_keys finds, for error messages
+    _adaptable_kinds = "a linear layer: LoRETTA adapts nn.Linear and transformers Conv1D layers"
 
     # subclasses: which preset fields give the default targets
     def _default_targets(self, preset, config) -> None:
@@ -140,7 +142,8 @@ class LorettaTunerBase(BaseTuner):
             self._heads_to_install = []
         tt_batch.forget_tuner_layers(model)  # new tuner layers, maybe
         if getattr(model, _REBUILD_HOOK, None) is None:  # one pair of hooks, however many adapters
-            setattr(model, _REBUILD_HOOK, (model.register_forward_pre_hook(tt_batch.rebuild_before_forward),
+            setattr(model, _REBUILD_HOOK, (model.register_forward_pre_hook(tt_batch.rebuild_before_forward,
+                                                                           with_kwargs=True),
                                            model.register_forward_hook(tt_batch.after_forward, always_call=True)))
         _warn_unused_tt_shapes(self.peft_config[adapter_name].tt_shapes, model)
 
@@ -184,14 +187,16 @@ class LorettaTunerBase(BaseTuner):
                     f"target_modules=[...] chosen from this model's linear layers: {linear_layer_names(model)}. "
                     f"The {len(FAMILY_PRESETS)} model types with defaults: {sorted(FAMILY_PRESETS)}"
                 )
-            keys = [k for k in _linear_layer_keys(model) if scope is None or _inside(k, scope)]
+            keys = [k for k in self._adaptable_keys(model) if scope is None or _inside(k, scope)]
             self._default_targets(preset.present_in(keys), peft_config)
             if scope is not None:
                 # the preset's names also name layers outside the scope (a vision tower's q_proj): its own
                 # layers by full name, as PEFT's list matching has no "inside"
                 peft_config.target_modules = [k for k in keys if name_matches(k, peft_config.target_modules)]
+        targeted = []
         if peft_config.target_modules or not parameters:
-            self._check_targeted(peft_config, self._check_targets_exist(peft_config, model))
+            targeted = self._check_targets_exist(peft_config, model)
+            self._check_targeted(peft_config, targeted)
         keep_4bit_training_layout(model)
         if task_name(peft_config) == "SEQ_CLS" and preset is not None and preset.head_dense:
             self._prepare_head(peft_config, model, preset.head_dense)
@@ -212,6 +217,34 @@ class LorettaTunerBase(BaseTuner):
                         continue
                     if saves_memory_when_recomputed(model.get_submodule(name)):
                         recompute_in_backward(model.get_submodule(name))
+        self._check_nothing_trained_inside(peft_config, model, targeted)
+        self._check_no_module_saved_inside_another(peft_config, model)
+
+    @staticmethod
+    def _check_no_module_saved_inside_another(peft_config, model: nn.Module) -> None:
+        """PEFT copies each modules_to_save module per adapter; one inside another gets a copy of its own, which
+        the outer copy's forward never runs: parameters that train nothing (BERT's `pooler.dense` named while
+        the head `pooler` is trained whole)."""
+        names = peft_config.modules_to_save or []
+        if len(names) < 2:
+            return
+        saved = [n for n, _ in model.named_modules() if n and _outside_peft_wrappers(n) and name_matches(n, names)]
+        for outer in saved:
+            inner = next((n for n in saved if n.startswith(outer + ".")), None)
+            if inner is not None:
+                raise ValueError(
+                    f"modules_to_save names {inner} and {outer}, which holds it and is trained (and saved) whole, so "
+                    f"the copy of {inner} would never run: name one of them (LoRETTA trains the classification head "
+                    "and the layer norms itself; the head's hidden x hidden layer as a TT layer, or densely with "
+                    "tensorized_head=False)"
+                )
+
+    def _adaptable_keys(self, model: nn.Module) -> list[str]:
+        """The names of the modules this method can adapt: the linear layers (LoRETTA_adp adds blocks)."""
+        return _linear_layer_keys(model)
+
+    def _check_nothing_trained_inside(self, peft_config, model: nn.Module, targeted: list[str]) -> None:
+        """Subclasses: check that no module trained whole (a norm, the head) sits inside an adapted block."""
 
     @staticmethod
     def _expand_all_linear(peft_config, model: nn.Module, preset) -> None:
@@ -237,16 +270,18 @@ class LorettaTunerBase(BaseTuner):
     def _check_targets_exist(self, peft_config, model: nn.Module) -> list[str]:
         """The linear layers the config's targets (and layer selection) will adapt; an error listing the
         model's linear layers if none."""
-        targeted = [n for n in _linear_layer_keys(model) if check_target_module_exists(peft_config, n)]
+        adaptable = self._adaptable_keys(model)
+        targeted = [n for n in adaptable if check_target_module_exists(peft_config, n)]
         # PEFT would hand these to the tuner layer, which fails with a TypeError naming only the class
+        known = set(adaptable)
         not_linear = [f"{n} ({type(m).__name__})" for n, m in model.named_modules()
-                      if n and _outside_peft_wrappers(n) and linear_features(m) is None and not isinstance(m, TTLinear)
+                      if n and _outside_peft_wrappers(n) and n not in known and not isinstance(m, TTLinear)
                       and check_target_module_exists(peft_config, n)]
         if not_linear:
             shown = ", ".join(not_linear[:3]) + (f" and {len(not_linear) - 3} more" if len(not_linear) > 3 else "")
             raise ValueError(
-                f"target_modules={peft_config.target_modules!r} matches {shown}, not a linear layer: LoRETTA adapts "
-                f"nn.Linear and transformers Conv1D layers; this model's linear layers: {linear_layer_names(model)}"
+                f"target_modules={peft_config.target_modules!r} matches {shown}, not {self._adaptable_kinds}; "
+                f"this model's linear layers: {linear_layer_names(model)}"
             )
         if not targeted:
             selection = "".join(

@@ -1,5 +1,5 @@
 from .config import LorettaAdpConfig
-from .layer import LorettaAdpLayer
+from .layer import LorettaAdpBlock, LorettaAdpLayer
 from .model import LorettaAdpModel
 
-__all__ = ["LorettaAdpConfig", "LorettaAdpLayer", "LorettaAdpModel"]
+__all__ = ["LorettaAdpConfig", "LorettaAdpBlock", "LorettaAdpLayer", "LorettaAdpModel"]

@@ -33,8 +33,9 @@ class LorettaAdpLayer(LorettaLayerBase):
     adapter_layer_names = ("loretta_adp_down", "loretta_adp_up")
     other_param_names = ("side", "scaling", "activation", "loretta_adp_dropout")
 
-    def __init__(self, base_layer: nn.Module, adapter_name: str, side: str, config):
-        super().__init__(base_layer)
+    def __init__(self, base_layer: nn.Module, adapter_name: str, side: str, config,
+                 features: tuple[int, int] | None = None):
+        super().__init__(base_layer, features)
         self.loretta_adp_down = nn.ModuleDict()
         self.loretta_adp_up = nn.ModuleDict()
         self.loretta_adp_dropout = nn.ModuleDict()
@@ -128,3 +129,46 @@ class LorettaAdpLayer(LorettaLayerBase):
 
     def __repr__(self) -> str:
         return "loretta_adp." + super().__repr__()
+
+
+class LorettaAdpBlock(LorettaAdpLayer):
+    """An adapter on the output of a whole block rather than a linear layer: a mixture-of-experts block (whose
+    experts are 3-D parameters, not layers), or any module whose output is the hidden state (an MLP, an
+    attention block), h = block(...), or the first element of the tuple the block returns (gpt-oss's and
+    Llama 4's MoE blocks also return their router scores). Output side only: a block's input comes under
+    whatever argument names its caller uses."""
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config, width: int):
+        super().__init__(base_layer, adapter_name, OUTPUT_SIDE, config, features=(width, width))
+
+    def update_layer(self, adapter_name: str, side: str, config) -> None:
+        if side != OUTPUT_SIDE:
+            raise ValueError(f"LoRETTA_adp adapts a {type(self.base_layer).__name__} (not a linear layer) on its "
+                             f"output only, not its {side}")
+        super().update_layer(adapter_name, side, config)
+
+    def _hidden(self, out) -> torch.Tensor:
+        hidden = out[0] if isinstance(out, tuple) and out else out
+        if not isinstance(hidden, torch.Tensor) or hidden.shape[-1] != self.out_features:
+            what = (f"a {type(hidden).__name__}" if not isinstance(hidden, torch.Tensor)
+                    else f"{hidden.shape[-1]} features")
+            raise ValueError(
+                f"LoRETTA_adp on a {type(self.base_layer).__name__} expects its output (or the first element of the "
+                f"tuple it returns) to be the hidden state, {self.out_features} features wide; it returned {what}: "
+                "target a module whose output is the hidden state"
+            )
+        return hidden
+
+    def forward(self, *args, adapter_names=None, **kwargs):
+        out = self.base_layer(*args, **kwargs)
+        if self.disable_adapters:
+            return out
+        hidden = self._hidden(out)
+        if adapter_names is not None:
+            for name, index in self._mixed_sub_batches(hidden, adapter_names, self.loretta_adp_down):
+                hidden = hidden.index_add(0, index, self._adapter(name, hidden[index]))
+        else:
+            downs = self.loretta_adp_down
+            for name in [a for a in self.active_adapters if a in downs]:
+                hidden = hidden + self._adapter(name, hidden)
+        return (hidden, *out[1:]) if isinstance(out, tuple) else hidden

@@ -51,7 +51,10 @@ def test_recomputed_norms_give_the_same_loss_and_gradients(family, method):
     assert bool(norm_grads) == bool(patched), f"{family}: no recomputed norm received a gradient"
     for name in grads:
         assert grads[name] is not None, name
-        torch.testing.assert_close(grads[name], plain[name], rtol=1e-5, atol=1e-6, msg=name)
+        # float32 rounding, on the gradient's own scale: the recomputed norm's kernels may sum in another order
+        # (Gemma 4's adapter bias on this Intel CPU: 3.1e-6 apart in a gradient of 3.66)
+        scale = max(1.0, plain[name].abs().max().item())
+        torch.testing.assert_close(grads[name], plain[name], rtol=1e-5, atol=2e-6 * scale, msg=name)
 
 
 @pytest.mark.parametrize("method", ["adp", "rep"])

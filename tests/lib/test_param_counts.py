@@ -98,7 +98,7 @@ def test_a_top_level_head_at_full_size_distilbert_base():
 
 
 def test_a_mixture_of_experts_at_full_size_mixtral_8x7b():
-    """The MoE preset at Mixtral-8x7B's size, counted by hand: one adapter per layer, on o_proj's output
+    """The MoE preset at Mixtral-8x7B's size, counted by hand: one adapter per layer, on the sparse block's output
     (the experts are fused 3-D parameters, not linear layers), of TT 4096x64 + TT 64x4096 at rank 5 (1,100
     each) with biases 64 + 4,096; the norms: two of 4,096 per layer and the final one. The router and the
     experts stay frozen."""
@@ -113,8 +113,8 @@ def test_a_mixture_of_experts_at_full_size_mixtral_8x7b():
 def test_latent_attention_at_full_size_deepseek_v3():
     """DeepSeek-V3's published size, counted by hand. The norms, which both methods train: two of 7,168 per layer,
     and the latent attention's own on the query's (1,536) and the keys' and values' (512) latents, and the final
-    one. LoRETTA_adp: one adapter per layer on o_proj's output (the experts are fused 3-D parameters; the first
-    three layers' dense MLP stays frozen too, so that every layer has the same adapter) of TT 7168x64
+    one. LoRETTA_adp: one adapter per layer on the feed-forward block's output (the sparse block; in the first
+    three layers the dense MLP, which has the same name) of TT 7168x64
     [4,4,7,8,8,8,8] + TT 64x7168 at rank 5 (935 each) with biases 64 + 7,168. LoRETTA_rep at rank 8 (no v_proj):
     on q_b_proj (1,536 -> 128 heads x 192) with A = TT 1536x8 [4,6,8,8,8] (1,504) and B = TT 8x24576
     [8,8,8,8,8,6] (2,160), and on kv_b_proj (512 -> 128 x (128 + 128)) with A = TT 512x8 [8,8,8,8] (1,152) and

@@ -54,6 +54,20 @@ def _rebuild_each_layer_alone(model):
             module._held_factors.clear()
 
 
+def _prefill(model, batch):
+    """A KV cache of the batch (as generate's first forward makes it), as the keyword argument it goes by."""
+    output = model(**batch, use_cache=True)
+    name = "cache" if "cache" in output else "past_key_values"  # transformers 5.24's name, and 5.0's
+    return {name: output[name]}
+
+
+def _decode(model, cache, token=3):
+    """One new token on a copy of `cache`: a decoding step of generate, the only forward that reuses what an
+    earlier one built (repeatable: the cache itself stays as it was)."""
+    batch = next(iter(cache.values())).layers[0].keys.shape[0]
+    return model(input_ids=torch.full((batch, 1), token), **copy.deepcopy(cache), use_cache=True).logits
+
+
 def _held(tt):
     """What `tt` holds for its forward (matrix or factors), if still valid."""
     held = tt._valid_held("factors" if tt.multiplies_by_factors(tt.cores[0].device) else "matrix")
@@ -187,24 +201,53 @@ def _held_objects(model):
 
 @pytest.mark.parametrize("method", ["adp", "adp_matrix", "rep"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_forwards_without_a_graph_reuse_what_is_held_until_the_cores_change(method, dtype):
-    """Evaluation and each token of generate() rebuild nothing while the cores stay as they are."""
+def test_decoding_steps_reuse_what_is_held_until_the_cores_change(method, dtype):
+    """Each new token of generate() rebuilds nothing while the cores stay as they are."""
     model = _model(method, dtype=dtype).eval()
     batch = tiny_batch(model)
     with torch.no_grad():
-        first = model(**batch).logits
+        cache = _prefill(model, batch)
         held = _held_objects(model)
         assert held[0] and (method != "rep" or held[1])
-        torch.testing.assert_close(model(**batch).logits, first, rtol=0, atol=0)
-        assert _held_objects(model) == held  # the same tensors served the second forward
+        first = _decode(model, cache)
+        assert _held_objects(model) == held  # the same tensors served the decoding step
+        torch.testing.assert_close(_decode(model, cache), first, rtol=0, atol=0)
+        assert _held_objects(model) == held
         tt = next(m for m in model.modules() if isinstance(m, TTLinear))
         tt.cores[0].mul_(2)  # an optimizer step
-        changed = model(**batch).logits
+        changed = _decode(model, cache)
         assert _held_objects(model) != held and not torch.equal(changed, first)
     # the same numbers as a model that rebuilds every layer on its own
     _rebuild_each_layer_alone(model)
     with torch.no_grad():
-        torch.testing.assert_close(model(**batch).logits, changed, rtol=0, atol=0)
+        torch.testing.assert_close(_decode(model, cache), changed, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("method", ["adp", "adp_matrix", "rep"])
+def test_any_forward_but_a_decoding_step_sees_weights_changed_through_data(method):
+    """A change through `.data` (an EMA swap, DeepSpeed's copy from its master weights) leaves the tensors'
+    version counters as they were, which is all a held matrix's check can see: every forward that does not
+    continue a KV cache rebuilds (an evaluation batch, each generate() call), so the change counts from the
+    next one; before 2026-12-01 evaluation kept using the matrices built before it."""
+    model = _model(method).eval()
+    batch = tiny_batch(model)
+    prompt = batch["input_ids"][:1]
+    with torch.no_grad():
+        model(**batch)
+        model.generate(input_ids=prompt, max_new_tokens=3, do_sample=False)
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data.add_(0.1)  # no version bump
+        evaluated = model(**batch).logits
+        generated = model.generate(input_ids=prompt, max_new_tokens=3, do_sample=False, output_logits=True,
+                                   return_dict_in_generate=True)
+    reference = copy.deepcopy(model)  # holds nothing: builds from the cores as they are
+    _rebuild_each_layer_alone(reference)
+    with torch.no_grad():
+        torch.testing.assert_close(evaluated, reference(**batch).logits, rtol=0, atol=0)
+        expected = reference.generate(input_ids=prompt, max_new_tokens=3, do_sample=False, output_logits=True,
+                                      return_dict_in_generate=True)
+    torch.testing.assert_close(generated.logits, expected.logits, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["adp", "rep"])
@@ -262,25 +305,17 @@ def test_a_layer_called_on_its_own_after_a_model_forward_checks_its_cores_again(
 
 
 @pytest.mark.parametrize("method", ["adp", "rep"])
-def test_a_forward_without_a_graph_checks_each_held_operand_once(method, monkeypatch):
+def test_a_decoding_step_checks_each_held_operand_once(method, monkeypatch):
     """Each token of generate() checks each TT layer's held matrix or factors against its cores in the
     model's pre-hook only, not again in the layer's own forward (Python time that a decode step of a
     small model feels)."""
-    from loretta import tt_linear
-    from loretta.tt_batch import rebuild_before_forward
-
     model = _model(method).eval()
     batch = tiny_batch(model)
     calls = _record_calls(monkeypatch, TTLinear, "_state_key")
     with torch.no_grad():
-        model(**batch)  # builds what is held
+        cache = _prefill(model, batch)  # builds what is held
         calls.clear()
-        rebuild_before_forward(model.base_model.model, ())
-        tt_linear.end_checked_pass()
-        in_the_hook = len(calls)
-        calls.clear()
-        model(**batch)
-    assert in_the_hook > 0 and len(calls) == in_the_hook
+        _decode(model, cache)
     tt_layers = [m for m in model.modules() if isinstance(m, TTLinear)]
     assert sorted(map(id, calls)) == sorted(map(id, tt_layers))  # each once (rep: with its held factors)
 
@@ -322,34 +357,37 @@ def _two_adapters(method):
     return model
 
 
-def _reference_logits(model, batch, adapter):
-    """The logits of `adapter` alone, from a copy where every layer rebuilds its own."""
+def _reference_logits(model, cache, adapter):
+    """The logits of `adapter` alone in a decoding step on `cache`, from a copy where every layer rebuilds its
+    own."""
     reference = copy.deepcopy(model)
     reference.set_adapter(adapter)
     _rebuild_each_layer_alone(reference)
     with torch.no_grad():
-        return reference(**batch).logits
+        return _decode(reference, cache)
 
 
 @pytest.mark.parametrize("method", ["adp", "rep"])
-def test_forwards_without_a_graph_follow_adapter_switches_and_disabling(method):
+def test_decoding_steps_follow_adapter_switches_and_disabling(method):
     """Each token of generate() reuses the last such forward's list of layers to check; switching,
-    disabling or adding adapters makes the next forward work it out again."""
+    disabling or adding adapters makes the next one work it out again."""
     model = _two_adapters(method)
     batch = tiny_batch(model)
-    expected = {name: _reference_logits(model, batch, name) for name in ("default", "other")}
+    with torch.no_grad():
+        cache = _prefill(model, batch)
+    expected = {name: _reference_logits(model, cache, name) for name in ("default", "other")}
     with torch.no_grad():
         for name in ("default", "other", "other", "default"):
             model.set_adapter(name)
-            torch.testing.assert_close(model(**batch).logits, expected[name], rtol=0, atol=0)
+            torch.testing.assert_close(_decode(model, cache), expected[name], rtol=0, atol=0)
             active = [tt for module in model.modules() if isinstance(module, LorettaLayerBase)
                       for tt in module.active_tt_layers()]
             assert active and all(tt._held is not None for tt in active)  # rebuilt together, not each alone
         with model.disable_adapter():
-            base = model(**batch).logits
-        torch.testing.assert_close(model(**batch).logits, expected["default"], rtol=0, atol=0)
+            base = _decode(model, cache)
+        torch.testing.assert_close(_decode(model, cache), expected["default"], rtol=0, atol=0)
         with model.disable_adapter():
-            torch.testing.assert_close(model(**batch).logits, base, rtol=0, atol=0)
+            torch.testing.assert_close(_decode(model, cache), base, rtol=0, atol=0)
     assert not torch.equal(base, expected["default"])
 
 
@@ -361,27 +399,33 @@ def test_a_stale_list_of_layers_costs_time_not_correctness(method, monkeypatch):
 
     model = _two_adapters(method)
     batch = tiny_batch(model)
-    expected = _reference_logits(model, batch, "other")
+    with torch.no_grad():
+        cache = _prefill(model, batch)
+    expected = _reference_logits(model, cache, "other")
     monkeypatch.setattr(tt_batch, "_adapter_flags", lambda modules: "never changes")
     with torch.no_grad():
-        model(**batch)  # remembers the "default" adapter's layers
+        _decode(model, cache)  # remembers the "default" adapter's layers
         model.set_adapter("other")
-        torch.testing.assert_close(model(**batch).logits, expected, rtol=0, atol=0)
-        torch.testing.assert_close(model(**batch).logits, expected, rtol=0, atol=0)
+        torch.testing.assert_close(_decode(model, cache), expected, rtol=0, atol=0)
+        torch.testing.assert_close(_decode(model, cache), expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("method", ["adp", "rep"])
-def test_steady_forwards_without_a_graph_do_not_work_out_the_active_layers_again(method, monkeypatch):
+def test_steady_decoding_steps_do_not_work_out_the_active_layers_again(method, monkeypatch):
     model = _model(method).eval()
     batch = tiny_batch(model)
     calls = _record_calls(monkeypatch, LorettaLayerBase, "active_tt_layers")
     with torch.no_grad():
-        model(**batch)
+        cache = _prefill(model, batch)
         assert calls
         calls.clear()
-        model(**batch)
+        _decode(model, cache)
+        _decode(model, cache)
         assert calls == []
         for tt in (m for m in model.modules() if isinstance(m, TTLinear)):
             tt.cores[0].mul_(1.5)  # an optimizer step: the next forward rebuilds, working them out again
-        model(**batch)
+        _decode(model, cache)
+        assert calls
+        calls.clear()
+        model(**batch)  # not a decoding step: rebuilds whatever changed, through .data too
         assert calls

@@ -151,9 +151,9 @@ def test_adapter_counts_and_sides_per_family():
     assert count("falcon") == (4, ["input", "output"])  # dense_h_to_4h input, dense_4h_to_h output
     assert count("bloom") == (4, ["input", "output"])
     assert count("gptj") == (4, ["input", "output"])  # fc_in input, fc_out output
-    # mixture of experts: the experts are no linear layers; the attention output, 2 layers
+    # mixture of experts: the experts are no linear layers; the sparse block's output, 2 layers
     assert count("mixtral") == (2, ["output"])
-    assert count("qwen2_moe") == (2, ["output"])  # not its shared expert's down_proj
+    assert count("qwen2_moe") == (2, ["output"])  # the block (routed and shared experts), not inside it
     # encoder-decoders: both stacks' feed-forward blocks, 2 layers each
     assert count("t5") == (8, ["input", "output"])  # wi input, wo output
     assert count("t5-gated") == (12, ["input", "output"])  # wi_0 and wi_1 input, wo output (v1.1, FLAN-T5)
@@ -161,10 +161,10 @@ def test_adapter_counts_and_sides_per_family():
 
 
 @pytest.mark.parametrize(("family", "expected"), [
-    ("glm4_moe", (2, ["output"])),  # o_proj: not the dense first layer's MLP either
+    ("glm4_moe", (2, ["output"])),  # the dense first layer's MLP, then the sparse block
     ("deepseek_v3", (2, ["output"])),
     ("qwen3_5_text", (6, ["input", "output"])),  # the MLP of a linear- and of a full-attention layer
-    ("qwen3_5_moe_text", (2, ["output"])),  # linear_attn.out_proj in layer 0, o_proj in layer 1
+    ("qwen3_5_moe_text", (2, ["output"])),  # the sparse block after the linear and the full attention
     ("gemma4_text", (9, ["input", "output"])),  # 3 layers
 ])
 def test_adapter_counts_and_sides_of_newer_families(family, expected):  # (apart: older transformers lack some)
@@ -645,6 +645,19 @@ def test_one_module_name_given_as_a_string_is_a_list_of_one():
                for n, p in model.named_parameters())
     sides = {n.rsplit(".", 1)[-1]: m.side["default"] for n, m in model.named_modules() if isinstance(m, LorettaAdpLayer)}
     assert sides["up_proj"] == "input"
+
+
+@pytest.mark.parametrize("tensorized_head", [True, False])
+def test_a_module_to_save_inside_one_trained_whole_is_an_error(tensorized_head):
+    """BERT's head `pooler` is trained whole: `pooler.dense` named too would get a copy of its own that the
+    pooler's copy never runs (trainable parameters without gradients)."""
+    with pytest.raises(ValueError, match=r"modules_to_save names bert\.pooler\.dense and bert\.pooler, which holds "
+                                         r"it.*never run: name one of them"):
+        get_peft_model(tiny_model("bert"), METHODS["rep"]("SEQ_CLS", modules_to_save=["pooler.dense"],
+                                                           tensorized_head=tensorized_head))
+    model = get_peft_model(tiny_model("bert"), METHODS["rep"]("SEQ_CLS", modules_to_save=["pooler"]))
+    model.train()(**tiny_batch(model), labels=torch.tensor([0, 1])).loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
 def test_a_target_that_is_not_a_linear_layer_is_named_with_the_linear_layers():
