@@ -17,7 +17,8 @@
 7. A larger encoder: evidence_glue runs on any model but MiniLM (all-mpnet-base-v2 has DeBERTa-base's width
    and depth), each beside MiniLM's runs at the same setting and the paper's DeBERTa-base; omitted without any.
 Tables 1-4 are MiniLM's.
-Scores are percentages; "(n)" is the number of seeds when it is more than one.
+Scores are percentages; "(n)" is the number of seeds when it is more than one. A table without runs is a line
+naming the config that has their commands; a folder without any evidence run is an error, and nothing is written.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 ORDER = ["zero-shot", "ft", "adapters", "lora", "lora_r4", "bitfit", "ia3", "prefix", "loretta_adp", "loretta_rep"]
 ENCODER_TASKS = ["sst2", "rte", "mrpc"]
 ENCODER_EXPERIMENTS = ("evidence_glue", "evidence_ablation")
+EXPERIMENTS = (*ENCODER_EXPERIMENTS, "evidence_longer", "evidence_decoder")  # the runs these tables show
 ENCODER_MODEL = "minilm"  # the encoder of tables 1-4; runs on other models go to the larger-encoder table
 PAPER_ENCODER_NAMES = {"adapters": "adapters_r8"}  # our dense adapters beside the paper's "Adapters"
 
@@ -133,13 +135,30 @@ def order_key(method: str):
     return (ORDER.index(method) if method in ORDER else len(ORDER), method)
 
 
+def table(header: list[str], align: str, rows: list[list[str]], empty: str) -> str:
+    """A Markdown table: `header` over `rows` (lists of cells), column i left-aligned where align[i] is "l" and
+    right-aligned (numbers) where it is "r"; `empty` (what to run) in place of a table without rows."""
+    widths = {len(align), *map(len, rows)}
+    if widths != {len(header)}:
+        raise ValueError(f"a table of {len(header)} columns ({header}) with rows or alignments of {widths}")
+    if not rows:
+        return empty
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "".join("---|" if a == "l" else "---:|" for a in align),
+                      *("| " + " | ".join(row) + " |" for row in rows)])
+
+
+def run_them(experiment: str, none: str = "No runs yet") -> str:
+    """In place of a table without runs: where their commands are."""
+    return f"{none} (configs/experiment/{experiment}.yaml has the commands)."
+
+
 def lr_grid(records: list[dict], task: str = "sst2") -> str:
     by = grid_groups(records, task)
     lrs = sorted({lr for (_, _, lr) in by})
     rows = sorted({(m, i) for (m, i, _) in by}, key=lambda k: (order_key(k[0]), str(k[1])))
     chosen = best_lrs(records, task)
-    lines = ["| method | init | trainable params | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | minutes per run |",
-             "|---|---|---:|" + "---:|" * len(lrs) + "---:|"]
+    header = ["method", "init", "trainable params", *(f"lr {lr:g}" for lr in lrs), "minutes per run"]
+    lines = []
     for method, init in rows:
         cells, group_all = [], []
         for lr in lrs:
@@ -149,17 +168,16 @@ def lr_grid(records: list[dict], task: str = "sst2") -> str:
             cells.append(f"**{cell}**" if chosen_here and group else cell)
             group_all += group
         params = group_all[0]["trainable_params"]
-        lines.append(f"| {method} | {init or '—'} | {params:,} | " + " | ".join(cells) + f" | {minutes(group_all)} |")
-    return "\n".join(lines)
+        lines.append([method, init or "—", f"{params:,}", *cells, minutes(group_all)])
+    return table(header, "llr" + "r" * len(lrs) + "r", lines, run_them("evidence_glue_minilm"))
 
 
 def encoder_comparison(records: list[dict], paper: dict) -> str:
     chosen = best_lrs(records)
-    lines = ["| method | lr | trainable params | params / LoRA r=8 | " + " | ".join(t.upper() for t in ENCODER_TASKS)
-             + " | average | minutes per run (SST-2 / RTE / MRPC) | paper DeBERTa-base: params | "
-             + " | ".join(f"paper {t.upper()}" for t in ENCODER_TASKS) + " | paper average |",
-             "|---|---:|---:|---:|" + "---:|" * len(ENCODER_TASKS) + "---:|---:|---:|" + "---:|" * len(ENCODER_TASKS)
-             + "---:|"]
+    header = ["method", "lr", "trainable params", "params / LoRA r=8", *(t.upper() for t in ENCODER_TASKS), "average",
+              "minutes per run (SST-2 / RTE / MRPC)", "paper DeBERTa-base: params",
+              *(f"paper {t.upper()}" for t in ENCODER_TASKS), "paper average"]
+    lines = []
     groups = {t: grid_groups(records, t) for t in ENCODER_TASKS}
     lora_params = None
     rows = []
@@ -176,12 +194,13 @@ def encoder_comparison(records: list[dict], paper: dict) -> str:
         ratio = f"{params / lora_params:.2f}×" if lora_params else "—"
         paper_scores = [paper_deberta(paper, method, t) for t in ENCODER_TASKS]
         paper_avg = (f"{statistics.mean(paper_scores):.1f}" if all(s is not None for s in paper_scores) else "—")
-        lines.append(f"| {method} | {key[2]:g} | {params:,} | {ratio} | "
-                     + " | ".join(fmt([score(r) for r in g]) for g in per_task)
-                     + f" | {average} | " + " / ".join(minutes(g) for g in per_task)
-                     + f" | {millions(paper_deberta(paper, method, 'params'))} | "
-                     + " | ".join("—" if s is None else f"{s:.1f}" for s in paper_scores) + f" | {paper_avg} |")
-    return "\n".join(lines)
+        lines.append([method, f"{key[2]:g}", f"{params:,}", ratio, *(fmt([score(r) for r in g]) for g in per_task),
+                      average, " / ".join(minutes(g) for g in per_task),
+                      millions(paper_deberta(paper, method, "params")),
+                      *("—" if s is None else f"{s:.1f}" for s in paper_scores), paper_avg])
+    return table(header, "l" + "r" * (len(header) - 1), lines,
+                 run_them("evidence_glue_minilm", "No method has a seed-0 SST-2 run at its default initialisation "
+                                                  "yet, to choose its lr by"))
 
 
 def ablations(records: list[dict], task: str = "sst2") -> str:
@@ -192,15 +211,15 @@ def ablations(records: list[dict], task: str = "sst2") -> str:
                 or is_base_setting(r)):
             continue
         rows[(r["method"], init_of(r), r["lr"], r.get("variant", ""), r["trainable_params"])].append(r)
-    lines = ["| method | init | lr | setting | trainable params | SST-2 | baseline (rank 5, tensorized head, trainable norms, default shape) |",
-             "|---|---|---:|---|---:|---:|---:|"]
+    header = ["method", "init", "lr", "setting", "trainable params", "SST-2",
+              "baseline (rank 5, tensorized head, trainable norms, default shape)"]
+    lines = []
     for (method, init, lr, variant, params), group in sorted(rows.items(), key=lambda kv: (order_key(kv[0][0]), kv[0][1:4])):
         seeds = {r["seed"] for r in group}
         baseline = [score(r) for r in base.get((method, init, lr), []) if r["seed"] in seeds]
-        lines.append(f"| {method} | {init} | {lr:g} | {setting_of(group[0])} | {params:,} | "
-                     f"{fmt([score(r) for r in group])} | "
-                     f"{fmt(baseline)} |")
-    return "\n".join(lines)
+        lines.append([method, str(init), f"{lr:g}", setting_of(group[0]), f"{params:,}",
+                      fmt([score(r) for r in group]), fmt(baseline)])
+    return table(header, "llrlrrr", lines, run_them("evidence_ablation_minilm"))
 
 
 def larger_encoders(records: list[dict], paper: dict) -> str:
@@ -210,9 +229,9 @@ def larger_encoders(records: list[dict], paper: dict) -> str:
     models = sorted({r["model"] for r in records if r.get("experiment") == "evidence_glue"} - {ENCODER_MODEL})
     if not models:
         return ""
-    lines = ["| model | task | method | lr | trainable params | params / LoRA r=8 | score | MiniLM, same setting "
-             "| minutes per run | paper DeBERTa-base: params | paper score |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    header = ["model", "task", "method", "lr", "trainable params", "params / LoRA r=8", "score", "MiniLM, same setting",
+              "minutes per run", "paper DeBERTa-base: params", "paper score"]
+    lines = []
 
     def key(r):
         return r["method"], init_of(r), r["lr"], "" if is_base_setting(r) else setting_of(r)
@@ -235,12 +254,11 @@ def larger_encoders(records: list[dict], paper: dict) -> str:
                 paper_score = None if setting else paper_deberta(paper, method, task)
                 paper_params = "—" if setting else millions(paper_deberta(paper, method, "params"))
                 named = f"{method} ({setting})" if setting else method
-                lines.append(f"| {model} | {task} | {named} | {lr:g} | {params:,} | "
-                             f"{f'{params / lora[0]:.2f}×' if lora else '—'} | {fmt([score(r) for r in group])} | "
-                             f"{fmt([score(r) for r in minilm.get((method, init, lr, setting), [])])} | "
-                             f"{minutes(group)} | {paper_params} | "
-                             f"{'—' if paper_score is None else f'{paper_score:.1f}'} |")
-    return "\n".join(lines)
+                lines.append([model, task, named, f"{lr:g}", f"{params:,}",
+                              f"{params / lora[0]:.2f}×" if lora else "—", fmt([score(r) for r in group]),
+                              fmt([score(r) for r in minilm.get((method, init, lr, setting), [])]),
+                              minutes(group), paper_params, "—" if paper_score is None else f"{paper_score:.1f}"])
+    return table(header, "lll" + "r" * 8, lines, "")
 
 
 def dev_curve(record: dict) -> dict[int, float]:
@@ -254,20 +272,18 @@ def longer_training(records: list[dict]) -> str:
     for r in records:
         if r.get("experiment") == "evidence_longer" and r["model"] == ENCODER_MODEL:
             by[(r["task"], r["method"], r["lr"])].append(r)
-    if not by:
-        return "No runs yet (configs/experiment/evidence_longer_minilm.yaml has the commands)."
     curves = {key: [dev_curve(r) for r in group] for key, group in by.items()}
     steps = sorted({step for group in curves.values() for curve in group for step in curve})
-    lines = ["| task | method | lr | trainable params | " + " | ".join(f"step {s}" for s in steps)
-             + " | best (reported) | at the comparison's budget | minutes per run |",
-             "|---|---|---:|---:|" + "---:|" * len(steps) + "---:|---:|---:|"]
+    header = ["task", "method", "lr", "trainable params", *(f"step {s}" for s in steps), "best (reported)",
+              "at the comparison's budget", "minutes per run"]
+    lines = []
     short_runs = {task: grid_groups(records, task) for (task, _, _) in by}  # the comparison's runs, per task
     for (task, method, lr), group in sorted(by.items(), key=lambda kv: (kv[0][0], order_key(kv[0][1]), kv[0][2])):
         cells = [fmt([c[s] for c in curves[(task, method, lr)] if s in c]) for s in steps]
         short = short_runs[task].get((method, default_init(method), lr), [])
-        lines.append(f"| {task} | {method} | {lr:g} | {group[0]['trainable_params']:,} | " + " | ".join(cells)
-                     + f" | {fmt([score(r) for r in group])} | {fmt([score(r) for r in short])} | {minutes(group)} |")
-    return "\n".join(lines)
+        lines.append([task, method, f"{lr:g}", f"{group[0]['trainable_params']:,}", *cells,
+                      fmt([score(r) for r in group]), fmt([score(r) for r in short]), minutes(group)])
+    return table(header, "llrr" + "r" * len(steps) + "rrr", lines, run_them("evidence_longer_minilm"))
 
 
 def decoder_groups(records: list[dict], seed: int | None = None) -> dict:
@@ -288,9 +304,9 @@ def decoder_groups(records: list[dict], seed: int | None = None) -> dict:
 def decoder_comparison(records: list[dict], paper: dict) -> str:
     by = decoder_groups(records)
     tasks = sorted({t for (t, _, _) in by})
-    lines = ["| task | train / test examples | method | lr | trainable params | test score | minutes per run "
-             "| paper LLaMA-2-7B: params | paper score |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    header = ["task", "train / test examples", "method", "lr", "trainable params", "test score", "minutes per run",
+              "paper LLaMA-2-7B: params", "paper score"]
+    lines = []
     for task in tasks:
         for (t, method, lr), group in sorted(by.items(), key=lambda kv: (order_key(kv[0][1]), kv[0][2])):
             if t != task:
@@ -299,11 +315,9 @@ def decoder_comparison(records: list[dict], paper: dict) -> str:
             paper_params = paper.get(("table2", "llama2-7b", method, "", "params"))
             params = "0" if method == "zero-shot" else f"{group[0]['trainable_params']:,}"
             sizes = f"{group[0].get('num_train_examples', '—')} / {group[0].get('num_eval_examples', '—')}"
-            lines.append(f"| {task} | {sizes} | {method} | {lr:g} | {params} | "
-                         f"{fmt([score(r) for r in group])} | {minutes(group)} | "
-                         f"{millions(paper_params)} | "
-                         f"{'—' if paper_score is None else f'{paper_score:g}'} |")
-    return "\n".join(lines)
+            lines.append([task, sizes, method, f"{lr:g}", params, fmt([score(r) for r in group]), minutes(group),
+                          millions(paper_params), "—" if paper_score is None else f"{paper_score:g}"])
+    return table(header, "lll" + "r" * 6, lines, run_them("evidence_decoder_smollm2"))
 
 
 def decoder_lr_grid(records: list[dict], seed: int = 0) -> str:
@@ -317,17 +331,16 @@ def decoder_lr_grid(records: list[dict], seed: int = 0) -> str:
     if not tasks:
         return ""
     lrs = sorted({lr for (t, _, lr) in by if t in tasks})
-    lines = ["| task | method | trainable params | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | minutes per run |",
-             "|---|---|---:|" + "---:|" * len(lrs) + "---:|"]
+    header = ["task", "method", "trainable params", *(f"lr {lr:g}" for lr in lrs), "minutes per run"]
+    lines = []
     for task, method in sorted((k for k in lrs_of if k[0] in tasks), key=lambda k: (k[0], order_key(k[1]))):
         scores = {lr: score(by[(task, method, lr)][0]) for lr in lrs_of[(task, method)]}
         best = max(scores.values())
         cells = ["—" if lr not in scores else (f"**{scores[lr]:.1f}**" if len(scores) > 1 and scores[lr] == best
                                                else f"{scores[lr]:.1f}") for lr in lrs]
         group = [r for lr in scores for r in by[(task, method, lr)]]
-        lines.append(f"| {task} | {method} | {group[0]['trainable_params']:,} | " + " | ".join(cells)
-                     + f" | {minutes(group)} |")
-    return "\n".join(lines)
+        lines.append([task, method, f"{group[0]['trainable_params']:,}", *cells, minutes(group)])
+    return table(header, "llr" + "r" * len(lrs) + "r", lines, "")
 
 
 def render(records: list[dict], paper: dict) -> str:
@@ -375,6 +388,11 @@ def main(argv=None) -> int:
     records = load(Path(args.results))
     if not records:
         print(f"no completed results.json under {args.results}", file=sys.stderr)
+        return 1
+    records = [r for r in records if r.get("experiment") in EXPERIMENTS]
+    if not records:
+        print(f"no evidence runs (experiment {', '.join(EXPERIMENTS[:-1])} or {EXPERIMENTS[-1]}) among the "
+              f"completed runs under {args.results}; nothing written", file=sys.stderr)
         return 1
     text = render(records, load_paper(Path(args.paper)))
     if args.readme:

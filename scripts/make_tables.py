@@ -22,9 +22,10 @@ copies of one run under --results). A run of a paper model on a sample of the da
 num_dev / num_test) or for a set number of steps (train.max_steps) fills no paper-table cell: it is
 listed under "Other runs" with those settings.
 
-A results.json that cannot be read, or a completed one that lacks a field, is skipped with a message
-naming the file. No completed run under --results is an error, and nothing is written. Each file is
-replaced atomically: an interrupted run leaves the old file or the new one, never half of one.
+A results.json that cannot be read, or a completed one that lacks a field the tables read, holds one of the
+wrong type (RECORD_FIELDS) or has a NaN or infinite metric (the run diverged), is skipped with a message
+naming the file and the field. No completed run under --results is an error, and nothing is written. Each
+file is replaced atomically: an interrupted run leaves the old file or the new one, never half of one.
 """
 
 from __future__ import annotations
@@ -57,7 +58,15 @@ TABLE1_METHODS = ["ft", "adapters_r8", "lora", "ptuning", "lora_r4", "prompt", "
 LLAMA_METHODS = ["ft", "adapters", "lora", "prefix", "ia3", "loretta_rep", "loretta_adp"]
 SHAPES = {"_s8_8_12_8_8": "[8, 8, 12, 8, 8]", "_s64_12_64": "[64, 12, 64]", "_s4_4_4_12_4_4_4": "[4,4,4,12,4,4,4]"}
 HEADS = {"True": "Tensorized", "False": "Regular", "none": "No"}
-RUN_KEYS = ("model", "method", "task", "primary_metric", "metrics", "trainable_params")
+# The fields of a completed record the tables read and the types they may have (None: the field may be absent or
+# null; a float must be finite), config.train's in TRAIN_FIELDS: read_run checks them before it reads one.
+RECORD_FIELDS = {"model": (str,), "method": (str,), "task": (str,), "primary_metric": (str,), "metrics": (dict,),
+                 "trainable_params": (int,), "variant": (str, None), "seed": (int, None), "lr": (int, float, None),
+                 "best_dev": (dict, None), "selected_by": (str, None), "eval_split": (str, None),
+                 "config": (dict, None)}
+TRAIN_FIELDS = {"num_train": (int, None), "num_dev": (int, None), "num_test": (int, None), "max_steps": (int, None)}
+RUN_KEYS = tuple(key for key, types in RECORD_FIELDS.items() if None not in types)  # the fields a run must have
+TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "an object", None: "null"}
 LR_PART = re.compile(r"_lr[^_\s]+")  # a variant's learning-rate part ("_r10_lr3e-4" -> "_r10")
 SAMPLED = ("num_train", "num_dev", "num_test")  # train settings that run a paper protocol on part of its data
 PAPER_COLUMNS = ("table", "model", "method", "setting", "task", "score", "params_m")
@@ -91,24 +100,50 @@ def read_run(path: Path) -> dict | None:
     missing = [key for key in RUN_KEYS if key not in record]
     if missing:
         raise ValueError(f"a completed run without the key(s) {', '.join(map(repr, missing))}")
+    check_fields(record)
     metric, metrics = record["primary_metric"], record["metrics"]
-    if not isinstance(metrics, dict) or metric not in metrics:
+    if metric not in metrics:
         raise ValueError(f"primary_metric {metric!r} is not among its metrics {metrics!r}")
-    score = 100.0 * number(metrics[metric], f"metrics[{metric!r}]")
+    score = 100.0 * finite(metrics[metric], f"metrics[{metric!r}]")
+    for key, value in metrics.items():  # a NaN loss beside a finite score: the score of a diverged model
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"metrics[{key!r}] is {json.dumps(value)}: the run diverged")
     variant = (record.get("variant") or "") + (short_of_protocol(record) if record["model"] in MODEL_NAMES else "")
     return {"model": record["model"], "method": record["method"], "task": record["task"],
             "variant": variant, "seed": record.get("seed"), "score": score, "metric": metric,
-            "params": number(record["trainable_params"], "trainable_params"), "lr": record.get("lr"),
+            "params": float(record["trainable_params"]), "lr": record.get("lr"),
             "dev": dev_score(record, metric, score), "path": str(path)}
+
+
+def check_fields(record: dict) -> None:
+    """A ValueError naming the first field the tables read (RECORD_FIELDS, TRAIN_FIELDS) that has the wrong type,
+    and the type it should have: such a run would stop the script (a null model, a list as a seed) or print as
+    "nan" in the tables."""
+    check_types(record, RECORD_FIELDS, "")
+    config = record.get("config") or {}
+    check_types(config, {"train": (dict, None)}, "config.")
+    check_types(config.get("train") or {}, TRAIN_FIELDS, "config.train.")
+
+
+def check_types(record: dict, fields: dict, prefix: str) -> None:
+    for key, types in fields.items():
+        value = record.get(key)
+        if value is None and None in types:
+            continue
+        if isinstance(value, float) and float in types and not math.isfinite(value):
+            raise ValueError(f"{prefix}{key} is {json.dumps(value)}, expected a finite number")
+        if isinstance(value, bool) or not isinstance(value, tuple(t for t in types if t is not None)):
+            expected = " or ".join(TYPE_NAMES[t] for t in types if not (t is int and float in types))
+            raise ValueError(f"{prefix}{key} is {json.dumps(value)}, expected {expected}")
 
 
 def short_of_protocol(record: dict) -> str:
     """What keeps a run of a paper model out of the paper tables' cells, as its variant's suffix
     (" [num_train=2000 max_steps=200]"): a sample of the data or a step limit (0: the untrained model) in
     place of the protocol's full data and epochs. Such runs are listed under "Other runs"."""
-    train = (record.get("config") or {}).get("train") or {}
+    train = (record.get("config") or {}).get("train") or {}  # of the types check_fields asks for
     parts = [f"{key}={train[key]}" for key in SAMPLED if train.get(key) is not None]
-    if isinstance(train.get("max_steps"), int) and train["max_steps"] >= 0:
+    if train.get("max_steps") is not None and train["max_steps"] >= 0:
         parts.append(f"max_steps={train['max_steps']}")
     return f" [{' '.join(parts)}]" if parts else ""
 
@@ -116,11 +151,11 @@ def short_of_protocol(record: dict) -> str:
 def dev_score(record: dict, metric: str, score: float) -> float | None:
     """How the run did on dev by the rule that picked its checkpoint, higher is better: the dev score (%), or
     minus the dev loss (selected_by loss: the MeZO protocol); None when the record does not say."""
-    best = record.get("best_dev") if isinstance(record.get("best_dev"), dict) else {}
+    best = record.get("best_dev") or {}
     if record.get("selected_by") == "loss":
-        return -number(best["loss"], "best_dev['loss']") if "loss" in best else None
+        return -finite(best["loss"], "best_dev['loss']") if "loss" in best else None
     if metric in best:
-        return 100.0 * number(best[metric], f"best_dev[{metric!r}]")
+        return 100.0 * finite(best[metric], f"best_dev[{metric!r}]")
     return score if record.get("eval_split", "dev") == "dev" else None
 
 
@@ -129,6 +164,15 @@ def number(value, what: str) -> float:
         return float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{what} is {value!r}, not a number") from None
+
+
+def finite(value, what: str) -> float:
+    """A record's score or loss: a JSON number, and finite (NaN or infinite: the run diverged)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{what} is {json.dumps(value)}, not a number")
+    if not math.isfinite(value):
+        raise ValueError(f"{what} is {json.dumps(value)}: the run diverged")
+    return float(value)
 
 
 def aggregate(runs: list[dict]) -> dict:

@@ -111,13 +111,32 @@ def known_top_level_keys() -> frozenset[str]:
     return frozenset(keys - {"defaults", "hydra"})
 
 
+@cache
+def preset_keys() -> dict[str, tuple[str, ...]]:
+    """Top-level keys that only experiment presets set (ablation_shape's `shape`) -> those presets, read
+    from the files."""
+    common = set(OmegaConf.load(CONFIGS / "config.yaml")) | {"model", "task", "method", "train", "defaults", "hydra"}
+    owners: dict[str, list[str]] = {}
+    for path in sorted((CONFIGS / "experiment").glob("*.yaml")):
+        for key in set(OmegaConf.load(path)) - common:
+            owners.setdefault(key, []).append(path.stem)
+    return {key: tuple(presets) for key, presets in owners.items()}
+
+
 def no_unknown_keys(cfg) -> None:
     """Hydra refuses `train.lrr=1e-3` but adds `+train.lrr=1e-3` (or `+sed=1`), which the run would then
-    ignore."""
+    ignore; so would it a preset's own key without that preset (`+shape=s64_12_64` without
+    experiment=ablation_shape): a preset names itself in `experiment_preset`."""
     unknown = sorted(set(cfg) - known_top_level_keys() - {"hydra"})
     if unknown:
         raise ConfigError(f"unknown top-level key(s) {', '.join(unknown)}; the top-level keys are: "
                           f"{', '.join(sorted(known_top_level_keys()))}")
+    for key in sorted(set(cfg) & set(preset_keys())):
+        presets = preset_keys()[key]
+        if cfg.get("experiment_preset") not in presets:
+            raise ConfigError(f"top-level key {key} is a setting of experiment={' / '.join(presets)}, which this run "
+                              f"does not use (experiment_preset={cfg.get('experiment_preset')}): it would be "
+                              f"ignored; add experiment={presets[0]}, or drop +{key}")
     for section in KEY_CHECKED:
         unknown = sorted(set(cfg[section]) - known_keys(section))
         if unknown:

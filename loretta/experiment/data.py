@@ -50,17 +50,26 @@ class Recipe:
 
 
 def recipe_for(family: str, spec, objective: str = "auto") -> Recipe:
-    """The recipe for a model family and a task (`objective`: auto | candidates | lm)."""
+    """The recipe for a model family and a task (`objective`: auto | candidates | lm). An objective that
+    cannot apply is an error, not ignored: the run would record a choice it did not train with."""
     if family == "encoder":
         if not spec.supports_encoder:
             raise ConfigError(f"task {spec.name!r} has no encoder (sequence classification) form; use a decoder "
                               f"model (e.g. model=smollm2 or model=llama2-7b)")
+        if objective != "auto":
+            raise ConfigError(f"task.objective={objective!r} applies to decoder and seq2seq models only: an "
+                              f"encoder trains its classification head with the model's own loss; set "
+                              f"task.objective=auto")
         return RECIPES["encoder"]
     if not spec.supports_decoder:
         raise ConfigError(f"task {spec.name!r} has no prompt (its examples are pairs for a classification head); "
                           f"use an encoder model (e.g. model=minilm)")
     prefix = "seq2seq_" if family == "seq2seq" else ""
     if spec.kind == "generation":
+        if objective == "candidates":
+            raise ConfigError(f"task.objective='candidates': task {spec.name!r} is a generation task, with no "
+                              f"candidates to score; it trains with the LM loss on the answer (task.objective="
+                              f"auto or lm)")
         return RECIPES[f"{prefix}generate" if prefix else "lm_generate"]
     if objective == "auto":
         objective = "candidates" if spec.kind == "classification" else "lm"

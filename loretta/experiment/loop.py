@@ -3,7 +3,7 @@
   1. accelerate (device, mixed precision, gradient accumulation), seed
   2. task splits (tasks/), model + tokenizer (models.py), method (methods.py)
   3. features (data.py), AdamW, linear warmup + decay
-  4. resume from <output_dir>/checkpoint/last when asked
+  4. claim <output_dir> (only now: run_folder.py), resume from its checkpoint/last when asked
   5. epochs of optimizer steps (an accumulated step's gradient is that of its examples as one batch);
      evaluation every `eval_every` steps keeps the best trainable weights (by the primary metric or
      dev loss, a mean over examples) in checkpoint/best.pt and saves checkpoint/last
@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -90,11 +91,15 @@ def train(cfg) -> dict:
 
     checks.validate(cfg)
     out = Path(str(cfg.output_dir))
-    if cfg.resume and (done := results.read_completed(out)) is not None:
-        print(f"[loretta] {out} is already completed; nothing to resume", flush=True)
-        return done
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if cfg.resume:
+        run_folder.check_resume_config(out, resolved)  # the completed run's or the checkpoint's settings
+        if (done := results.read_completed(out)) is not None:
+            print(f"[loretta] {out} is already completed; nothing to resume", flush=True)
+            return done
+    run_folder.refuse_if_taken(out, resume=cfg.resume, overwrite=cfg.get("overwrite", False))
 
-    # 1. devices, precision, accumulation; the run's folder ----------------------------------------
+    # 1. devices, precision, accumulation ----------------------------------------------------------
     AcceleratorState._reset_state()  # a new precision / accumulation per run (multirun jobs share a process)
     GradientState._reset_state()
     accelerator = Accelerator(mixed_precision=checks.PRECISIONS[cfg.train.precision],
@@ -103,25 +108,30 @@ def train(cfg) -> dict:
     if cfg.train.precision != "fp32" and not accelerator.native_amp and main:  # accelerate falls back silently
         print(f"[loretta] train.precision={cfg.train.precision}: accelerate has no such autocast on "
               f"{accelerator.device.type}; computing in fp32", flush=True)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    if main:
-        run_folder.claim(out, resume=cfg.resume, overwrite=cfg.get("overwrite", False))
+    with ExitStack() as on_exit, run_folder.sigterm_raises_system_exit():
+        return _train(cfg, accelerator, out, resolved, on_exit)
+
+
+def load_task_splits(cfg, spec) -> dict:
+    """The task's splits under the run's protocol. The tasks package reports bad arguments and files as
+    ValueError (a split_validation larger than the split, a malformed file: DataFormatError) or
+    FileNotFoundError (a file missing from task.data_dir), with messages that name the value or the file
+    and what would do: the run's settings or data, not a bug, so they stop it as a bad setting does."""
+    from tasks import load_splits
+
+    t = cfg.train
+    data_dir = str(Path(str(cfg.task.data_dir)).expanduser()) if cfg.task.data_dir is not None else None
     try:
-        with run_folder.sigterm_raises_system_exit():
-            if main:
-                run_folder.save_hydra_record(out, cfg)
-                if cfg.resume and (out / "checkpoint" / "last.pt").is_file():
-                    run_folder.check_resume_config(out, resolved)
-            accelerator.wait_for_everyone()
-            return _train(cfg, accelerator, out, resolved)
-    finally:
-        if main:
-            run_folder.release(out)
+        return load_splits(spec, protocol=t.protocol, data_dir=data_dir, seed=cfg.seed, num_train=t.num_train,
+                           num_dev=t.num_dev, num_test=t.num_test, split_validation=cfg.task.get("split_validation"))
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(str(e)) from e
 
 
-def _train(cfg, accelerator, out: Path, resolved: dict) -> dict:
+def _train(cfg, accelerator, out: Path, resolved: dict, on_exit: ExitStack) -> dict:
+    """Steps 2-6; `on_exit` is train()'s, so that the folder claimed in step 4 is released however the run ends."""
     from accelerate.utils import set_seed
-    from tasks import get_task, load_splits
+    from tasks import get_task
 
     t = cfg.train
     ckpt_dir = out / "checkpoint"
@@ -132,10 +142,7 @@ def _train(cfg, accelerator, out: Path, resolved: dict) -> dict:
     # 2. data, model, method ----------------------------------------------------------------
     spec = get_task(cfg.task.name)
     recipe = data.recipe_for(cfg.model.family, spec, cfg.task.objective)  # fails early on a bad pairing
-    data_dir = str(Path(str(cfg.task.data_dir)).expanduser()) if cfg.task.data_dir is not None else None
-    splits = load_splits(spec, protocol=t.protocol, data_dir=data_dir, seed=cfg.seed,
-                         num_train=t.num_train, num_dev=t.num_dev, num_test=t.num_test,
-                         split_validation=cfg.task.get("split_validation"))
+    splits = load_task_splits(cfg, spec)
     for split in ("train", "dev", t.eval_split):
         if not splits.get(split):
             raise ConfigError(f"task {spec.name!r} has no {split!r} examples under protocol {t.protocol!r}")
@@ -199,7 +206,13 @@ def _train(cfg, accelerator, out: Path, resolved: dict) -> dict:
                       synced_gpus=sharded.prepare_generation(accelerator.unwrap_model(model))
                       and accelerator.num_processes > 1)
 
-    # 4. resume --------------------------------------------------------------------------------
+    # 4. the run's folder, claimed only now (run_folder: an error or a kill in steps 1-3 leaves an earlier
+    # run in it as it was); resume -------------------------------------------------------------------
+    if main:
+        run_folder.claim(out, resume=cfg.resume, overwrite=cfg.get("overwrite", False))
+        on_exit.callback(run_folder.release, out)
+        run_folder.save_hydra_record(out, cfg)
+    accelerator.wait_for_everyone()
     state = TrainState()
     if cfg.resume and (ckpt_dir / "last.pt").is_file():
         state = load_checkpoint(ckpt_dir / "last.pt", accelerator.unwrap_model(model), optimizer, scheduler)

@@ -21,7 +21,7 @@ from typing import Callable
 from omegaconf import OmegaConf
 from torch import nn
 
-from .checks import ConfigError
+from .checks import ConfigError, at_least, integer
 
 RESERVED = ("name", "builder", "default_lr")
 METHODS: dict[str, Callable] = {}
@@ -162,12 +162,19 @@ def ia3(model, target: Target, target_modules=None, feedforward_modules=None):
     return get_peft_model(model, config)
 
 
+def _virtual_tokens(value) -> None:
+    """PEFT takes 0 (or -1) virtual tokens without a word, and the run would then train nothing but a
+    classification head."""
+    integer("method.num_virtual_tokens", value, 1)
+
+
 @method("prompt")
 def prompt(model, target: Target, num_virtual_tokens=10):
     from peft import PromptTuningConfig, get_peft_model
 
     from .peft_generation import fix_prompt_learning_generation
 
+    _virtual_tokens(num_virtual_tokens)
     peft_model = get_peft_model(model, PromptTuningConfig(task_type=target.task_type,
                                                           num_virtual_tokens=num_virtual_tokens))
     fix_prompt_learning_generation(peft_model)
@@ -176,6 +183,8 @@ def prompt(model, target: Target, num_virtual_tokens=10):
 
 @method("prefix")
 def prefix(model, target: Target, num_virtual_tokens=5, init_std=0.02):
+    _virtual_tokens(num_virtual_tokens)
+    at_least("method.init_std", init_std, 0)
     if target.family != "encoder":
         from peft import PrefixTuningConfig, get_peft_model
 

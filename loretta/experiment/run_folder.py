@@ -1,16 +1,24 @@
-"""Who may write into a run's folder (`<output_dir>`), decided before anything is loaded.
+"""Who may write into a run's folder (`<output_dir>`), and from when.
 
 A folder holds one run. A new run (neither `resume` nor `overwrite`) starts only in a folder that holds
 no earlier run's files, so a finished result is never replaced by accident: by a second command, or by a
 sweep over a setting that is not in the folder's name (both jobs would share one folder). Otherwise:
 
-  completed (results.json)        resume=true: left as it is; overwrite=true: removed, run again
+  completed (results.json)        resume=true: left as it is, only with the settings it was run with;
+                                  overwrite=true: removed, run again
   unfinished (checkpoint/, metrics.jsonl, or the marker of a run that is going or was killed)
                                   resume=true: continued from checkpoint/last.pt, only with the settings
                                   it was started with; overwrite=true: removed, run again
 
 While a run goes, `.running` marks its folder (made with O_EXCL, so two runs started together into one
 folder cannot both pass); it is removed when the run ends, however it ends, except on SIGKILL.
+
+A run is refused early (`refuse_if_taken`, before anything is loaded) but claims the folder (`claim`:
+the earlier run removed, the marker made) only once its data, model and method are built: until then it
+has changed nothing in the folder, so an error or a kill while building (a bad method value, a missing
+data file, a model too large for memory) leaves an earlier run there as it was, with overwrite=true too.
+(Rather than setting the earlier run aside at the start and restoring it on an error: a SIGKILL, the
+out-of-memory killer's, would leave it set aside, and the folder in a state of its own to recover from.)
 """
 
 from __future__ import annotations
@@ -37,8 +45,8 @@ RUN_CONFIG = "run_config.json"  # in checkpoint/: the settings the checkpoint's 
 RUN_FILES = (RESULTS, METRICS, CHECKPOINT, "adapter", "wandb", RUNNING)
 # settings a resumed run may change: where it logs and what it keeps, not what it computes
 MAY_CHANGE_ON_RESUME = ("resume", "overwrite", "logger", "output_root", "output_dir", "experiment_name",
-                        "task.data_dir", "train.progress_bar", "train.num_workers", "train.keep_checkpoint",
-                        "train.save_adapter")
+                        "experiment_preset", "task.data_dir", "train.progress_bar", "train.num_workers",
+                        "train.keep_checkpoint", "train.save_adapter")
 
 
 def earlier_run(out: Path) -> str | None:
@@ -54,9 +62,9 @@ def earlier_run(out: Path) -> str | None:
     return f"an unfinished run ({', '.join(found)})" if found else None
 
 
-def claim(out: Path, resume: bool, overwrite: bool) -> None:
-    """Make `out` this run's, per the rules above (a completed run with resume=true never gets here: the
-    loop returns its record first). Only the main process calls it."""
+def refuse_if_taken(out: Path, resume: bool, overwrite: bool) -> None:
+    """The rules above, read-only: a run neither resumed nor told to overwrite stops here if `out` already
+    holds a run."""
     found = earlier_run(out)
     if found is not None and not (resume or overwrite):
         raise ConfigError(
@@ -64,6 +72,13 @@ def claim(out: Path, resume: bool, overwrite: bool) -> None:
             "as it is), overwrite=true to replace it, or give this run its own folder (variant=_<name>, "
             "output_root=..., or output_dir=...); a sweep over a setting that is not in the folder's name "
             "needs variant=... for each value")
+
+
+def claim(out: Path, resume: bool, overwrite: bool) -> None:
+    """Make `out` this run's, per the rules above (a completed run with resume=true never gets here: the
+    loop returns its record first). Only the main process calls it, once the run is built (see above):
+    from here on an earlier run's files are gone."""
+    refuse_if_taken(out, resume, overwrite)  # again: another run may have started in the meantime
     if overwrite or (resume and not (out / CHECKPOINT / "last.pt").is_file()):
         remove_run_files(out)  # resume without a checkpoint starts from scratch: nothing earlier is kept
     out.mkdir(parents=True, exist_ok=True)
@@ -158,21 +173,36 @@ def save_run_config(out: Path, config: dict) -> None:
         write_json_atomic(path, config)
 
 
-def check_resume_config(out: Path, config: dict) -> None:
-    """A checkpoint continues only the run it was made by: the same settings, but for where it logs and
-    what it keeps (MAY_CHANGE_ON_RESUME). A checkpoint from before run_config.json was written is
-    trusted."""
+def recorded_settings(out: Path) -> tuple[str, str, dict] | None:
+    """The settings the run in `out` was made with, as (what it is, what the message calls its values,
+    settings): a completed run's (its results.json), else its checkpoint's (checkpoint/run_config.json);
+    None where neither records them (a run from before they were recorded is trusted)."""
+    done = read_completed(out)
+    if done is not None:
+        return (f"the completed run in {out}", "the completed run", done["config"]) if "config" in done else None
     path = out / CHECKPOINT / RUN_CONFIG
-    if not path.is_file():
+    if (out / CHECKPOINT / "last.pt").is_file() and path.is_file():
+        return str(out / CHECKPOINT), "the checkpoint's run", json.loads(path.read_text())
+    return None
+
+
+def check_resume_config(out: Path, config: dict) -> None:
+    """resume=true continues, or leaves as it is, only the run made with these settings, but for where
+    it logs and what it keeps (MAY_CHANGE_ON_RESUME): a completed run made with others would otherwise
+    stand for these (a sweep over train.lr with resume=true would find every value "done")."""
+    found = recorded_settings(out)
+    if found is None:
         return
-    before, now = _flat(json.loads(path.read_text())), _flat(config)
+    what, theirs, recorded = found
+    before, now = _flat(recorded), _flat(config)
     changed = sorted(k for k in set(before) | set(now) if not _may_change(k) and before.get(k) != now.get(k))
     if changed:
-        shown = "; ".join(f"{k.rstrip('.')}={now.get(k)!r} (the checkpoint's run: {before.get(k)!r})" for k in changed[:8])
+        shown = "; ".join(f"{k.rstrip('.')}={now.get(k)!r} ({theirs}: {before.get(k)!r})" for k in changed[:8])
         raise ConfigError(
-            f"resume=true: {out / CHECKPOINT} was made with other settings: {shown}"
+            f"resume=true: {what} was made with other settings: {shown}"
             + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
-            + ". Resume with the settings it was started with, or pass overwrite=true to start again with these")
+            + ". Resume with the settings it was started with, pass overwrite=true to run again with these, "
+            "or give this run its own folder (variant=_<name>)")
 
 
 def truncate_metrics(out: Path, step: int) -> None:

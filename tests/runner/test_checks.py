@@ -158,6 +158,24 @@ def test_added_unknown_keys_are_refused(override, key, a_valid_key):
     assert key in message and a_valid_key in message, message
 
 
+@pytest.mark.parametrize("overrides,words", [
+    (["+shape=s64_12_64"], ["top-level key shape", "experiment=ablation_shape", "experiment_preset=None"]),
+    (["experiment=ablation_rank", "+shape=s64_12_64"], ["shape", "experiment=ablation_shape", "ablation_rank"]),
+    (["+grad_accum_per_task={drop:8}"], ["grad_accum_per_task", "table2_llama2_7b / table3_llama2_13b"]),
+])
+def test_a_presets_own_key_without_the_preset_is_refused(overrides, words):
+    """`shape` is read by ablation_shape's interpolations only: without that preset it would be ignored."""
+    message = refused(overrides)
+    assert all(w in message for w in words), message
+
+
+def test_every_preset_names_itself():
+    """The check above knows the run's preset by `experiment_preset`, which each preset sets to its name."""
+    for preset in options("experiment"):
+        assert compose([f"experiment={preset}"]).experiment_preset == preset
+    assert compose([]).experiment_preset is None
+
+
 def test_keys_only_some_configs_of_a_group_have_are_valid():
     """model.targets is in mpnet.yaml only; another model may set it too. Top-level keys that only an
     experiment preset sets (ablation_shape's `shape`) pass with that preset, as every preset does."""
@@ -180,6 +198,71 @@ def test_method_type_errors_name_the_hyper_parameter_and_value():
     with pytest.raises(ConfigError) as err:
         methods.apply(model, {"name": "lora", "r": "abc"}, target)
     assert "method 'lora'" in str(err.value) and "method.r='abc'" in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("name,hyper,words", [
+    ("prompt", {"num_virtual_tokens": 0}, ["method.num_virtual_tokens=0", "integer >= 1"]),
+    ("prefix", {"num_virtual_tokens": -1}, ["method.num_virtual_tokens=-1", "integer >= 1"]),
+    ("prefix", {"num_virtual_tokens": 2.5}, ["method.num_virtual_tokens=2.5", "integer >= 1"]),
+    ("prefix", {"init_std": -0.1}, ["method.init_std=-0.1", ">= 0"]),
+])
+@pytest.mark.parametrize("family", ["encoder", "decoder"])
+def test_prompt_learning_sizes_are_checked(name, hyper, words, family):
+    """PEFT takes 0 virtual tokens without a word: the run would train the classification head alone."""
+    from torch import nn
+
+    from loretta.experiment import methods
+
+    target = methods.Target(family=family, model_type="custom", num_labels=2)
+    with pytest.raises(ConfigError) as err:
+        methods.apply(nn.Linear(4, 2), {"name": name, **hyper}, target)
+    assert all(w in str(err.value) for w in words), str(err.value)
+
+
+# -- the pairing of model and task, and the task's data -----------------------------------------
+
+
+@pytest.mark.parametrize("family,task,objective,words", [
+    ("encoder", "sst2", "lm", ["task.objective='lm'", "decoder and seq2seq models only", "task.objective=auto"]),
+    ("encoder", "rte", "candidates", ["task.objective='candidates'", "decoder and seq2seq models only"]),
+    ("decoder", "squad", "candidates", ["task.objective='candidates'", "'squad'", "no candidates", "lm"]),
+    ("seq2seq", "drop", "candidates", ["task.objective='candidates'", "'drop'", "no candidates"]),
+])
+def test_an_objective_that_cannot_apply_is_refused(family, task, objective, words):
+    from tasks import get_task
+
+    from loretta.experiment import data
+
+    with pytest.raises(ConfigError) as err:
+        data.recipe_for(family, get_task(task), objective)
+    assert all(w in str(err.value) for w in words), str(err.value)
+
+
+def test_the_objectives_that_apply_choose_the_recipe():
+    from tasks import get_task
+
+    from loretta.experiment import data
+
+    assert data.recipe_for("decoder", get_task("sst2"), "lm").name == "lm_candidates"
+    assert data.recipe_for("decoder", get_task("copa"), "candidates").name == "candidates"
+    assert data.recipe_for("decoder", get_task("squad"), "lm").name == "lm_generate"
+    assert data.recipe_for("encoder", get_task("sst2"), "auto").name == "encoder"
+
+
+@pytest.mark.parametrize("overrides,words", [
+    (["task=boolq", "task.split_validation=5000"], ["boolq: split_validation must be an integer in 1..", "got 5000"]),
+    (["task=wic"], ["task 'wic', split 'validation': expected", "looked for"]),
+])
+def test_data_that_does_not_fit_the_settings_is_a_config_error(shared_data, overrides, words):
+    """Not a ValueError / FileNotFoundError traceback: the run stops as for a bad setting (exit status 2)."""
+    from tasks import get_task
+
+    from loretta.experiment import loop
+
+    cfg = compose(["model=tiny-llama", "train=quick", f"task.data_dir={shared_data}", *overrides])
+    with pytest.raises(ConfigError) as err:
+        loop.load_task_splits(cfg, get_task(cfg.task.name))
+    assert all(w in str(err.value) for w in words), str(err.value)
 
 
 # -- the CLI: the message and exit code, and nothing left behind --------------------------------

@@ -196,3 +196,83 @@ def test_a_broken_record_is_skipped_with_its_name_not_a_traceback(tmp_path, caps
     broken.write_text('{"status": "compl')  # a file cut short (a copy interrupted)
     assert [r["seed"] for r in load(runs)] == [0]
     assert f"skipping {broken}" in capsys.readouterr().err
+
+
+def evidence_tables(*args):
+    return subprocess.run([sys.executable, "scripts/evidence_tables.py", *map(str, args)], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+
+
+def assert_tables_well_formed(md: str) -> None:
+    """Every Markdown table: a header, a separator of as many columns, and at least one row of as many."""
+    lines = md.splitlines()
+    separators = [i for i, line in enumerate(lines) if line.startswith("|---")]
+    for i in separators:
+        width = lines[i].count("|") - 1
+        assert lines[i - 1].startswith("| ") and lines[i - 1].count(" | ") + 1 == width, (lines[i - 1], lines[i])
+        rows = [line for line in lines[i + 1:] if line.startswith("| ")][:1]
+        assert rows and all(row.count(" | ") + 1 == width for row in rows), (lines[i - 1], rows)
+    assert sum(line.startswith("| ") for line in lines) >= len(separators) * 2
+
+
+def body(md: str, title: str) -> str:
+    """The text under the section whose heading starts with `title`, without the heading."""
+    return md.split(f"### {title}")[1].split("###")[0].split("\n", 1)[1].strip()
+
+
+def test_evidence_tables_without_evidence_runs_say_so_and_write_nothing(tmp_path):
+    runs = tmp_path / "runs"
+    record(runs, "glue_deberta", "sst2", "lora", 0, 1e-3, 0.95, 296_450, model="deberta-base")  # no evidence run
+    proc = evidence_tables("--results", runs)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "no evidence runs" in proc.stderr and str(runs) in proc.stderr and proc.stdout == ""
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- evidence-tables:start -->\nold\n<!-- evidence-tables:end -->\n")
+    proc = evidence_tables("--results", runs, "--readme", readme)
+    assert proc.returncode == 1 and "no evidence runs" in proc.stderr
+    assert readme.read_text() == "<!-- evidence-tables:start -->\nold\n<!-- evidence-tables:end -->\n"
+
+
+def test_evidence_tables_without_some_experiments_say_what_to_run(tmp_path):
+    """Decoder runs only: each encoder table is a line naming the config with its commands, not a header
+    without rows (the lr grid's, with no lr, had more header columns than separator columns)."""
+    runs = tmp_path / "runs"
+    record(runs, "evidence_decoder", "copa", "lora", 0, 3e-3, 0.62, 460_800, "_lr0.003", model="smollm2")
+    proc = evidence_tables("--results", runs)
+    assert proc.returncode == 0, proc.stderr
+    assert_tables_well_formed(proc.stdout)
+    assert (body(proc.stdout, "SST-2 learning-rate grid")
+            == "No runs yet (configs/experiment/evidence_glue_minilm.yaml has the commands).")
+    comparison = body(proc.stdout, "Encoder comparison")
+    assert comparison.startswith("No method has a seed-0 SST-2 run") and "evidence_glue_minilm.yaml" in comparison
+    assert "|" not in comparison
+    assert (body(proc.stdout, "LoRETTA ablations")
+            == "No runs yet (configs/experiment/evidence_ablation_minilm.yaml has the commands).")
+    assert (body(proc.stdout, "Longer training")
+            == "No runs yet (configs/experiment/evidence_longer_minilm.yaml has the commands).")
+    assert "| copa | 300 / 100 | lora | 0.003 | 460,800 | 62.0 |" in proc.stdout
+
+
+def test_evidence_tables_partial_records_give_well_formed_tables(tmp_path):
+    """An SST-2 grid of seed 1 only (no seed-0 run to choose an lr: no comparison), longer runs without a
+    history (no step columns), an ablation without its baseline: each table's header, separator and rows agree."""
+    runs = tmp_path / "runs"
+    record(runs, "evidence_glue", "sst2", "lora", 1, 3e-3, 0.80, 74_498, "_lr3e-3")
+    record(runs, "evidence_longer", "rte", "lora", 0, 3e-3, 0.64, 74_498, "_lr3e-3")
+    record(runs, "evidence_ablation", "sst2", "loretta_adp", 0, 3e-3, 0.70, 30_000, "_lr3e-3_shape-4-4-4-6",
+           init="noise_reduction")
+    proc = evidence_tables("--results", runs)
+    assert proc.returncode == 0, proc.stderr
+    assert_tables_well_formed(proc.stdout)
+    longer = body(proc.stdout, "Longer training")
+    assert "| task | method | lr | trainable params | best (reported) |" in longer
+    assert "| rte | lora | 0.003 | 74,498 | 64.0 | — | 2.0 |" in longer
+    comparison = body(proc.stdout, "Encoder comparison")
+    assert comparison.startswith("No method has a seed-0 SST-2 run") and "|" not in comparison
+    assert "| loretta_adp | noise_reduction | 0.003 | shape-4-4-4-6 | 30,000 | 70.0 | — |" in proc.stdout
+
+
+def test_the_committed_runs_give_well_formed_tables():
+    proc = evidence_tables()
+    assert proc.returncode == 0, proc.stderr
+    assert_tables_well_formed(proc.stdout)

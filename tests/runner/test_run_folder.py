@@ -38,6 +38,11 @@ def test_a_second_run_into_a_finished_folder_is_refused_unless_told(kinds, tmp_p
         run([*args, "train.lr=1e-2"], tmp_path)
     assert (folder / "results.json").read_text() == record and (folder / "metrics.jsonl").read_text() == log
     assert run([*args, "resume=true"], tmp_path) == first  # left as it is
+    # ... only with its settings: a sweep over train.lr with resume=true is not "done" for every value
+    with pytest.raises(ConfigError, match=r"resume=true: the completed run in .* was made with other settings: "
+                                          r"train.lr=0.01 \(the completed run: None\).*overwrite=true"):
+        run([*args, "resume=true", "train.lr=1e-2"], tmp_path)
+    assert (folder / "results.json").read_text() == record
     with pytest.raises(ConfigError, match="resume=true and overwrite=true contradict"):
         run([*args, "resume=true", "overwrite=true"], tmp_path)
 
@@ -45,6 +50,28 @@ def test_a_second_run_into_a_finished_folder_is_refused_unless_told(kinds, tmp_p
     assert again["metrics"] == first["metrics"]
     assert (folder / "metrics.jsonl").read_text().count("\n") == log.count("\n")  # the new run's lines only
     assert not (folder / ".running").exists()
+
+
+def _snapshot(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_replacement_that_fails_before_training_leaves_the_earlier_run_as_it_was(kinds, tmp_path):
+    """overwrite=true (`make run` passes it) changes nothing in the folder until the new run is built: a bad
+    method value or a data problem found on the way is an error, and the earlier run stays whole."""
+    from loretta.experiment import ConfigError
+
+    args = [*ARGS, f"task.data_dir={kinds['classification'][1]}"]
+    run(args, tmp_path)
+    folder = _folder(tmp_path)
+    before = _snapshot(folder)
+    (tmp_path / "empty").mkdir()
+    for bad, error in [("method.tensor_rank=0", r"method 'loretta_adp'.*tensor_rank"),
+                       (f"task.data_dir={tmp_path / 'empty'}", r"task 'sst2', split 'validation': expected dev.tsv"),
+                       ("task.split_validation=5000", r"split_validation must be an integer in 1..199 .*got 5000")]:
+        with pytest.raises(ConfigError, match=error):
+            run([*args, "overwrite=true", bad], tmp_path)
+        assert _snapshot(folder) == before, bad
 
 
 def test_results_are_readable_as_the_other_files(kinds, tmp_path):

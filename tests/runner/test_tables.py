@@ -279,3 +279,52 @@ def test_a_seed_recorded_twice_is_flagged(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "deberta-base lora sst2: seed(s) 0 recorded by more than one run" in proc.stderr
     assert str(tmp_path / "runs" / "a") in proc.stderr and str(tmp_path / "runs" / "b") in proc.stderr
+
+
+def rewrite(path, **changes):
+    """Replace some fields of the results.json at `path` (None: JSON null)."""
+    record = json.loads(path.read_text())
+    record.update(changes)
+    path.write_text(json.dumps(record))
+
+
+BAD_FIELDS = [  # (what a results.json's fields are changed to, the message that skips it)
+    ({"model": None}, "model is null, expected a string"),
+    ({"model": ["a"]}, 'model is ["a"], expected a string'),
+    ({"variant": 5}, "variant is 5, expected a string or null"),
+    ({"lr": [1]}, "lr is [1], expected a number or null"),
+    ({"lr": float("nan")}, "lr is NaN, expected a finite number"),
+    ({"seed": [0]}, "seed is [0], expected an integer or null"),
+    ({"seed": True}, "seed is true, expected an integer or null"),
+    ({"trainable_params": "74k"}, 'trainable_params is "74k", expected an integer'),
+    ({"primary_metric": ["accuracy"]}, 'primary_metric is ["accuracy"], expected a string'),
+    ({"config": "oops"}, 'config is "oops", expected an object or null'),
+    ({"config": {"train": "oops"}}, 'config.train is "oops", expected an object or null'),
+    ({"config": {"train": {"num_train": "all"}}}, 'config.train.num_train is "all", expected an integer or null'),
+    ({"best_dev": "oops"}, 'best_dev is "oops", expected an object or null'),
+    ({"best_dev": {"accuracy": float("nan")}}, "best_dev['accuracy'] is NaN: the run diverged"),
+    ({"metrics": {"accuracy": float("nan"), "loss": 0.3}}, "metrics['accuracy'] is NaN: the run diverged"),
+    ({"metrics": {"accuracy": float("inf"), "loss": 0.3}}, "metrics['accuracy'] is Infinity: the run diverged"),
+    ({"metrics": {"accuracy": 0.5, "loss": float("nan")}}, "metrics['loss'] is NaN: the run diverged"),
+    ({"metrics": {"accuracy": "0.9"}}, 'metrics[\'accuracy\'] is "0.9", not a number'),
+]
+
+
+@pytest.mark.parametrize("changes, message", BAD_FIELDS, ids=[json.dumps(changes) for changes, _ in BAD_FIELDS])
+def test_a_wrongly_typed_or_diverged_run_is_skipped_naming_file_and_field(tmp_path, changes, message):
+    """A field of the wrong type (a null model, a list as a seed, a string as the config of a paper model) or a
+    NaN / infinite metric (a diverged run): that run is skipped with a message naming its file, the field and
+    what was expected, and the tables are built from the others; no traceback, no "nan" in a table."""
+    runs = tmp_path / "runs"
+    fake_run(runs, "deberta-base", "lora", "sst2", 0, 0.95, 296_450, lr=1e-4)
+    fake_run(runs, "deberta-base", "lora", "sst2", 1, 0.93, 296_450, lr=1e-4)
+    bad = runs / "sst2/deberta-base/lora/seed1/results.json"
+    rewrite(bad, **changes)
+    out = tmp_path / "tables"
+    proc = make_tables("--results", runs, "--out", out, "--quiet")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"skipping {bad}: {message}" in proc.stderr
+    md = (out / "tables.md").read_text()
+    assert "1 completed runs" in md
+    assert cell(section(md, "Table 1: GLUE on DeBERTa-base"), "| LoRA r=8 | ours |", "SST-2") == "95.00"
+    assert "nan" not in md.lower() and "nan" not in (out / "summary.csv").read_text().lower()
